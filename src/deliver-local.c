@@ -1,0 +1,527 @@
+/* deliver-local.c — local delivery agents: Maildir and mbox.
+ *
+ * Maildir follows the Maildir specification (cr.yp.to/proto/maildir.html):
+ * write tmp/NAME, fsync, link into new/NAME. NAME is derived from the queue id
+ * and recipient index, so a delivery repeated after a crash finds its earlier
+ * copy and does not duplicate it.
+ *
+ * mbox is the mboxrd form: a "From " separator line, every line matching
+ * ^>*From  gets one more '>', a blank line after each message. The file is
+ * locked with a FILE.lock dot-lock (which also keeps our own threads apart:
+ * fcntl locks do not) and an fcntl write lock, and truncated back to its size
+ * on any failure. */
+#include "config.h"
+#include "deliver-local.h"
+#include "log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LOCK_TIMEOUT_SECONDS 10
+#define LOCK_POLL_USEC (100 * 1000)
+#define STALE_DOTLOCK_SECONDS (5 * 60)
+/* A cur/ directory last changed this long before the message arrived cannot
+ * hold a copy of it (allows for clock skew on network file systems). */
+#define CUR_MTIME_SLACK_SECONDS (5 * 60)
+
+/* ---- Results ---- */
+
+/* Only errors that retrying can never cure are permanent. */
+static GmDeliveryResult
+result_for_errno (int e)
+{
+  switch (e)
+    {
+    case ENOTDIR:
+    case EISDIR:
+    case ENAMETOOLONG:
+      return GM_DELIVERY_PERMFAIL;
+    default:
+      return GM_DELIVERY_TEMPFAIL;
+    }
+}
+
+static GmDeliveryResult
+fail_errno (char **detail, int e, const char *kind, const char *path)
+{
+  if (detail)
+    *detail = g_strdup_printf ("%s %s: %s", kind, path, g_strerror (e));
+  return result_for_errno (e);
+}
+
+static GmDeliveryResult
+fail_locked (char **detail, const char *kind, const char *path)
+{
+  if (detail)
+    *detail = g_strdup_printf ("%s %s: still locked after %d seconds", kind, path,
+                               LOCK_TIMEOUT_SECONDS);
+  return GM_DELIVERY_TEMPFAIL;
+}
+
+/* ---- File-system helpers ---- */
+
+/* Returns 0 or an errno value. Some file systems cannot sync a directory. */
+static int
+fsync_directory (const char *path)
+{
+  int fd = open (path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return errno;
+  int e = 0;
+  if (fsync (fd) < 0 && errno != EINVAL)
+    e = errno;
+  close (fd);
+  return e;
+}
+
+/* mkdir -p PATH with mode 0700. A directory it creates is made durable by an
+ * fsync of its parent: a delivery reported done must survive a crash.
+ * Returns 0 or an errno value (ENOTDIR when something else is in the way). */
+static int
+make_directories (const char *path)
+{
+  struct stat st;
+  if (stat (path, &st) == 0)
+    return S_ISDIR (st.st_mode) ? 0 : ENOTDIR;
+  if (errno != ENOENT)
+    return errno;
+  g_autofree char *parent = g_path_get_dirname (path);
+  if (strcmp (parent, path) != 0)
+    {
+      int e = make_directories (parent);
+      if (e)
+        return e;
+    }
+  if (mkdir (path, 0700) < 0)
+    {
+      if (errno != EEXIST)
+        return errno;
+      /* Someone else made it meanwhile. */
+      return stat (path, &st) == 0 && S_ISDIR (st.st_mode) ? 0 : ENOTDIR;
+    }
+  return fsync_directory (parent);
+}
+
+/* Write every byte of IOV, resuming after partial writes. */
+static gboolean
+write_all (int fd, struct iovec *iov, int iovcnt)
+{
+  for (;;)
+    {
+      while (iovcnt > 0 && iov->iov_len == 0)
+        iov++, iovcnt--;
+      if (iovcnt == 0)
+        return TRUE;
+      ssize_t n = writev (fd, iov, iovcnt);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        {
+          if (n == 0)
+            errno = EIO;
+          return FALSE;
+        }
+      while (iovcnt > 0 && (size_t) n >= iov->iov_len)
+        {
+          n -= iov->iov_len;
+          iov++, iovcnt--;
+        }
+      if (iovcnt > 0)
+        {
+          iov->iov_base = (char *) iov->iov_base + n;
+          iov->iov_len -= n;
+        }
+    }
+}
+
+static char *
+delivery_headers (const GmDeliveryInfo *info)
+{
+  return g_strdup_printf ("Return-Path: <%s>\nDelivered-To: %s\n",
+                          info->sender ? info->sender : "", info->recipient);
+}
+
+/* ---- Maildir ---- */
+
+/* "ARRIVAL.QUEUEID_R<index>.HOSTNAME", '/' and ':' in the host name encoded
+ * as the specification asks. */
+static char *
+maildir_name (const GmDeliveryInfo *info)
+{
+  GString *name = g_string_new (NULL);
+  g_string_append_printf (name, "%" G_GINT64_FORMAT ".%s_R%u.", info->arrival, info->queue_id,
+                          info->rcpt_index);
+  const char *host = info->hostname && *info->hostname ? info->hostname : "localhost";
+  for (const char *p = host; *p; p++)
+    switch (*p)
+      {
+      case '/': g_string_append (name, "\\057"); break;
+      case ':': g_string_append (name, "\\072"); break;
+      default: g_string_append_c (name, *p); break;
+      }
+  return g_string_free (name, FALSE);
+}
+
+/* A reader moves new/NAME to cur/NAME:2,FLAGS (some add ",S=SIZE" or use '!'). */
+static gboolean
+is_same_message (const char *entry, const char *name, gsize name_len)
+{
+  if (strncmp (entry, name, name_len) != 0)
+    return FALSE;
+  char next = entry[name_len];
+  return next == '\0' || next == ':' || next == '!' || next == ',';
+}
+
+/* Is NAME in cur/ already? Returns 0 (with *FOUND) or an errno value. */
+static int
+find_in_cur (const char *cur, const char *name, gint64 arrival, gboolean *found)
+{
+  *found = FALSE;
+  struct stat st;
+  if (stat (cur, &st) < 0)
+    return errno;
+  /* Spares scanning big cur/ directories on every first delivery. */
+  if ((gint64) st.st_mtime + CUR_MTIME_SLACK_SECONDS < arrival)
+    return 0;
+  DIR *d = opendir (cur);
+  if (!d)
+    return errno;
+  gsize name_len = strlen (name);
+  int e = 0;
+  for (;;)
+    {
+      errno = 0;
+      struct dirent *entry = readdir (d);
+      if (!entry)
+        {
+          e = errno;
+          break;
+        }
+      if (is_same_message (entry->d_name, name, name_len))
+        {
+          *found = TRUE;
+          break;
+        }
+    }
+  closedir (d);
+  return e;
+}
+
+/* Create PATH with the contents of IOV, fsynced. Returns 0 or an errno value. */
+static int
+write_new_file (const char *path, struct iovec *iov, int iovcnt)
+{
+  int fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return errno;
+  int e = 0;
+  if (!write_all (fd, iov, iovcnt) || fdatasync (fd) < 0)
+    e = errno;
+  if (close (fd) < 0 && e == 0)
+    e = errno;
+  return e;
+}
+
+GmDeliveryResult
+gm_deliver_maildir (const char *dir, const GmDeliveryInfo *info, const char *message, gsize len,
+                    char **detail)
+{
+  g_return_val_if_fail (dir != NULL && info != NULL && info->recipient != NULL,
+                        GM_DELIVERY_TEMPFAIL);
+  g_return_val_if_fail (info->queue_id != NULL && !strchr (info->queue_id, '/'),
+                        GM_DELIVERY_TEMPFAIL);
+  g_return_val_if_fail (message != NULL || len == 0, GM_DELIVERY_TEMPFAIL);
+  if (detail)
+    *detail = NULL;
+
+  g_autofree char *tmp_dir = g_build_filename (dir, "tmp", NULL);
+  g_autofree char *new_dir = g_build_filename (dir, "new", NULL);
+  g_autofree char *cur_dir = g_build_filename (dir, "cur", NULL);
+  const char *const dirs[] = { dir, tmp_dir, new_dir, cur_dir };
+  for (gsize i = 0; i < G_N_ELEMENTS (dirs); i++)
+    {
+      int e = make_directories (dirs[i]);
+      if (e)
+        return fail_errno (detail, e, "maildir", dirs[i]);
+    }
+
+  g_autofree char *name = maildir_name (info);
+  g_autofree char *tmp_path = g_build_filename (tmp_dir, name, NULL);
+  g_autofree char *new_path = g_build_filename (new_dir, name, NULL);
+
+  /* Delivered before a crash or an unrecorded success? */
+  struct stat st;
+  if (lstat (new_path, &st) == 0)
+    {
+      gm_debug (info->queue_id, "to=<%s>, maildir=%s, status=already in new/", info->recipient, dir);
+      /* It may be there only because an earlier fsync of new/ failed. */
+      int e = fsync_directory (new_dir);
+      return e ? fail_errno (detail, e, "maildir", new_dir) : GM_DELIVERY_OK;
+    }
+  if (errno != ENOENT)
+    return fail_errno (detail, errno, "maildir", new_path);
+  gboolean found;
+  int e = find_in_cur (cur_dir, name, info->arrival, &found);
+  if (e)
+    return fail_errno (detail, e, "maildir", cur_dir);
+  if (found)
+    {
+      gm_debug (info->queue_id, "to=<%s>, maildir=%s, status=already in cur/", info->recipient, dir);
+      return GM_DELIVERY_OK;
+    }
+
+  /* A stale tmp/NAME is what an interrupted attempt left. */
+  if (unlink (tmp_path) < 0 && errno != ENOENT)
+    return fail_errno (detail, errno, "maildir", tmp_path);
+  g_autofree char *headers = delivery_headers (info);
+  struct iovec iov[] = {
+    { headers, strlen (headers) },
+    { (void *) message, len },
+  };
+  e = write_new_file (tmp_path, iov, G_N_ELEMENTS (iov));
+  if (e)
+    {
+      unlink (tmp_path);
+      return fail_errno (detail, e, "maildir", tmp_path);
+    }
+  /* EEXIST: the same delivery got there first; the content is the same. */
+  if (link (tmp_path, new_path) < 0 && errno != EEXIST)
+    {
+      e = errno;
+      unlink (tmp_path);
+      return fail_errno (detail, e, "maildir", new_path);
+    }
+  unlink (tmp_path);
+  e = fsync_directory (new_dir);
+  if (e)
+    return fail_errno (detail, e, "maildir", new_dir);
+  return GM_DELIVERY_OK;
+}
+
+/* ---- mbox ---- */
+
+/* asctime() form in UTC, with English names whatever the locale. */
+static char *
+asctime_utc (gint64 when)
+{
+  static const char *const days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+  static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+  time_t t = (time_t) when;
+  struct tm tm;
+  if (!gmtime_r (&t, &tm))
+    {
+      t = 0;
+      gmtime_r (&t, &tm);
+    }
+  return g_strdup_printf ("%s %s %2d %02d:%02d:%02d %d", days[tm.tm_wday], months[tm.tm_mon],
+                          tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_year + 1900);
+}
+
+/* mboxrd: a line matching ^>*From  gets one more '>'. */
+static gboolean
+needs_quoting (const char *line, gsize len)
+{
+  gsize i = 0;
+  while (i < len && line[i] == '>')
+    i++;
+  return len - i >= 5 && memcmp (line + i, "From ", 5) == 0;
+}
+
+/* The whole mbox entry: separator, delivery headers, quoted message, blank line. */
+static GString *
+format_mbox_entry (const GmDeliveryInfo *info, const char *message, gsize len)
+{
+  gboolean null_sender = !info->sender || !*info->sender;
+  g_autofree char *date = asctime_utc (info->arrival);
+  g_autofree char *headers = delivery_headers (info);
+  GString *entry = g_string_sized_new (len + len / 32 + 256);
+  g_string_append_printf (entry, "From %s %s\n%s", null_sender ? "MAILER-DAEMON" : info->sender,
+                          date, headers);
+  for (gsize pos = 0; pos < len;)
+    {
+      const char *line = message + pos;
+      const char *lf = memchr (line, '\n', len - pos);
+      gsize line_len = lf ? (gsize) (lf - line) + 1 : len - pos;
+      if (needs_quoting (line, line_len))
+        g_string_append_c (entry, '>');
+      g_string_append_len (entry, line, line_len);
+      pos += line_len;
+    }
+  if (len > 0 && message[len - 1] != '\n')
+    g_string_append_c (entry, '\n');
+  g_string_append_c (entry, '\n');
+  return entry;
+}
+
+/* Returns TRUE when LOCK_PATH was stale and is gone (or vanished by itself). */
+static gboolean
+remove_if_stale (const char *lock_path)
+{
+  struct stat st;
+  if (lstat (lock_path, &st) < 0)
+    return errno == ENOENT;
+  if ((gint64) time (NULL) - (gint64) st.st_mtime < STALE_DOTLOCK_SECONDS)
+    return FALSE;
+  if (unlink (lock_path) < 0 && errno != ENOENT)
+    return FALSE;
+  gm_log (NULL, "mbox-lock=%s, status=removed, reason=older than %d seconds", lock_path,
+          STALE_DOTLOCK_SECONDS);
+  return TRUE;
+}
+
+/* Create LOCK_PATH exclusively, waiting until DEADLINE (monotonic time).
+ * Returns 0, ETIMEDOUT or another errno value. */
+static int
+dotlock_acquire (const char *lock_path, gint64 deadline)
+{
+  for (;;)
+    {
+      int fd = open (lock_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd >= 0)
+        {
+          char pid[32];
+          int n = g_snprintf (pid, sizeof pid, "%d\n", (int) getpid ());
+          /* The content is only a hint for people: its loss is harmless. */
+          ssize_t ignored = write (fd, pid, n);
+          (void) ignored;
+          close (fd);
+          return 0;
+        }
+      if (errno != EEXIST)
+        return errno;
+      if (remove_if_stale (lock_path))
+        continue;
+      if (g_get_monotonic_time () >= deadline)
+        return ETIMEDOUT;
+      g_usleep (LOCK_POLL_USEC);
+    }
+}
+
+/* An fcntl write lock on the whole file, waiting until DEADLINE. F_SETLK is
+ * polled rather than F_SETLKW so that a reader holding the lock for ever
+ * cannot pin a worker thread. Returns 0, ETIMEDOUT or another errno value. */
+static int
+fcntl_lock (int fd, gint64 deadline)
+{
+  struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0 };
+  while (fcntl (fd, F_SETLK, &fl) < 0)
+    {
+      if (errno == EINTR)
+        continue;
+      if (errno != EACCES && errno != EAGAIN)
+        return errno;
+      if (g_get_monotonic_time () >= deadline)
+        return ETIMEDOUT;
+      g_usleep (LOCK_POLL_USEC);
+    }
+  return 0;
+}
+
+/* Open FILE for appending, creating it when missing; *CREATED tells which.
+ * O_NONBLOCK: opening a FIFO put in the mailbox's place must not hang. */
+static int
+open_mbox (const char *file, gboolean *created)
+{
+  const int flags = O_WRONLY | O_APPEND | O_NONBLOCK | O_CLOEXEC;
+  for (int attempt = 0; attempt < 3; attempt++)
+    {
+      *created = FALSE;
+      int fd = open (file, flags);
+      if (fd >= 0 || errno != ENOENT)
+        return fd;
+      fd = open (file, flags | O_CREAT | O_EXCL, 0600);
+      if (fd >= 0 || errno != EEXIST)
+        {
+          *created = fd >= 0;
+          return fd;
+        }
+    }
+  return -1;
+}
+
+/* Append ENTRY to FILE; the caller holds the dot-lock. */
+static GmDeliveryResult
+append_locked (const char *file, const GString *entry, gint64 deadline, char **detail)
+{
+  gboolean created;
+  int fd = open_mbox (file, &created);
+  if (fd < 0)
+    return fail_errno (detail, errno, "mbox", file);
+  int e = fcntl_lock (fd, deadline);
+  if (e)
+    {
+      close (fd);
+      return e == ETIMEDOUT ? fail_locked (detail, "mbox", file)
+                            : fail_errno (detail, e, "mbox", file);
+    }
+  struct stat st;
+  if (fstat (fd, &st) < 0)
+    {
+      e = errno;
+      close (fd);
+      return fail_errno (detail, e, "mbox", file);
+    }
+  if (!S_ISREG (st.st_mode))
+    {
+      close (fd);
+      if (detail)
+        *detail = g_strdup_printf ("mbox %s: not a regular file", file);
+      return GM_DELIVERY_PERMFAIL;
+    }
+
+  off_t original_size = st.st_size;
+  struct iovec iov = { entry->str, entry->len };
+  if (!write_all (fd, &iov, 1) || fdatasync (fd) < 0)
+    e = errno;
+  if (e == 0 && created)
+    {
+      g_autofree char *parent = g_path_get_dirname (file);
+      e = fsync_directory (parent);
+    }
+  if (e)
+    {
+      /* Leave no partial message: readers would take it for mail. */
+      if (ftruncate (fd, original_size) < 0 || fdatasync (fd) < 0)
+        gm_log (NULL, "mbox=%s, status=damaged, reason=could not truncate back to %lld bytes: %s",
+                file, (long long) original_size, g_strerror (errno));
+      close (fd);
+      return fail_errno (detail, e, "mbox", file);
+    }
+  close (fd);
+  return GM_DELIVERY_OK;
+}
+
+GmDeliveryResult
+gm_deliver_mbox (const char *file, const GmDeliveryInfo *info, const char *message, gsize len,
+                 char **detail)
+{
+  g_return_val_if_fail (file != NULL && info != NULL && info->recipient != NULL,
+                        GM_DELIVERY_TEMPFAIL);
+  g_return_val_if_fail (message != NULL || len == 0, GM_DELIVERY_TEMPFAIL);
+  if (detail)
+    *detail = NULL;
+
+  g_autofree char *parent = g_path_get_dirname (file);
+  int e = make_directories (parent);
+  if (e)
+    return fail_errno (detail, e, "mbox", parent);
+
+  g_autoptr (GString) entry = format_mbox_entry (info, message, len);
+  g_autofree char *lock_path = g_strconcat (file, ".lock", NULL);
+  gint64 deadline = g_get_monotonic_time () + LOCK_TIMEOUT_SECONDS * G_USEC_PER_SEC;
+  e = dotlock_acquire (lock_path, deadline);
+  if (e)
+    return e == ETIMEDOUT ? fail_locked (detail, "mbox", lock_path)
+                          : fail_errno (detail, e, "mbox", lock_path);
+  GmDeliveryResult result = append_locked (file, entry, deadline, detail);
+  if (unlink (lock_path) < 0)
+    gm_log (NULL, "mbox-lock=%s, status=not removed, reason=%s", lock_path, g_strerror (errno));
+  return result;
+}

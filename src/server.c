@@ -1,0 +1,462 @@
+/* server.c — listeners, accepted connections, limits and shutdown.
+ *
+ * The I/O layer around the session state machine: reads bytes, feeds the
+ * session, writes its replies, runs the spool job it asks for on a worker
+ * thread, and applies the connection limits and timeouts. One GLib source per
+ * connection; one 1-second timer checks every connection's idle time. */
+#include "config.h"
+#include "server.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <glib-unix.h>
+#include <gio/gio.h>
+
+#include "log.h"
+#include "queue.h"
+#include "settings.h"
+#include "smtp-reply.h"
+#include "smtp-session.h"
+#include "spool.h"
+#include "workers.h"
+
+#define MAX_PENDING_OUTPUT (64 * 1024)   /* stop reading while this much is unsent */
+
+typedef struct
+{
+  int fd;
+  guint source;
+} Listener;
+
+typedef struct Conn Conn;
+typedef struct
+{
+  GSource base;
+  Conn *conn;
+} ConnSource;
+
+struct Conn
+{
+  int fd;
+  GSource *source;              /* one per connection; its events change, it stays */
+  gpointer fd_tag;
+  GIOCondition watching;
+  GmSession *session;
+  char client[INET6_ADDRSTRLEN];
+  guint16 client_port;
+  gint64 last_activity;         /* monotonic µs */
+  gboolean spooling;
+  gboolean closing;             /* flush, then close */
+  GList link;
+};
+
+static GArray *listeners;       /* of Listener */
+static GQueue conns = G_QUEUE_INIT;
+static GHashTable *per_client;  /* client address -> count */
+static GMainLoop *loop;
+static gboolean shutting_down;
+static gint64 shutdown_deadline;
+
+static void conn_update_watch (Conn *c);
+static void conn_close (Conn *c);
+
+/* ---- Listeners -------------------------------------------------------- */
+
+static gboolean on_accept (gint fd, GIOCondition cond, gpointer data);
+
+static gboolean
+listen_one (const char *item, GError **error)
+{
+  g_autofree char *host = NULL;
+  guint16 port;
+  if (!gm_parse_listen (item, &host, &port, error))
+    return FALSE;
+  struct sockaddr_storage ss = { 0 };
+  socklen_t len;
+  struct sockaddr_in *sin = (struct sockaddr_in *) &ss;
+  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *) &ss;
+  if (inet_pton (AF_INET, host, &sin->sin_addr) == 1)
+    {
+      sin->sin_family = AF_INET;
+      sin->sin_port = htons (port);
+      len = sizeof *sin;
+    }
+  else if (inet_pton (AF_INET6, host, &sin6->sin6_addr) == 1)
+    {
+      sin6->sin6_family = AF_INET6;
+      sin6->sin6_port = htons (port);
+      len = sizeof *sin6;
+    }
+  else
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                   "listen %s: \"%s\" is not a numeric IPv4 or IPv6 address", item, host);
+      return FALSE;
+    }
+  int fd = socket (ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int one = 1;
+  if (fd < 0)
+    goto fail;
+  setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (ss.ss_family == AF_INET6)
+    setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  if (bind (fd, (struct sockaddr *) &ss, len) < 0 || listen (fd, 1024) < 0)
+    goto fail;
+  Listener l = { fd, g_unix_fd_add (fd, G_IO_IN, on_accept, NULL) };
+  g_array_append_val (listeners, l);
+  gm_log (NULL, "listening on %s", item);
+  return TRUE;
+fail:
+  {
+    int e = errno;
+    if (fd >= 0)
+      close (fd);
+    g_set_error (error, G_IO_ERROR, g_io_error_from_errno (e), "listen %s: %s", item,
+                 g_strerror (e));
+  }
+  return FALSE;
+}
+
+gboolean
+gm_server_listen (GError **error)
+{
+  listeners = g_array_new (FALSE, FALSE, sizeof (Listener));
+  per_client = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  for (char **l = gm_config.listen; *l; l++)
+    if (!listen_one (*l, error))
+      return FALSE;
+  return TRUE;
+}
+
+static void
+close_listeners (void)
+{
+  for (guint i = 0; i < listeners->len; i++)
+    {
+      Listener *l = &g_array_index (listeners, Listener, i);
+      g_source_remove (l->source);
+      close (l->fd);
+    }
+  g_array_set_size (listeners, 0);
+}
+
+/* ---- Connections ------------------------------------------------------ */
+
+static void
+sockaddr_text (const struct sockaddr_storage *ss, char *buf, guint16 *port)
+{
+  if (ss->ss_family == AF_INET6)
+    {
+      const struct sockaddr_in6 *s6 = (const void *) ss;
+      if (IN6_IS_ADDR_V4MAPPED (&s6->sin6_addr))
+        inet_ntop (AF_INET, &s6->sin6_addr.s6_addr[12], buf, INET6_ADDRSTRLEN);
+      else
+        inet_ntop (AF_INET6, &s6->sin6_addr, buf, INET6_ADDRSTRLEN);
+      *port = ntohs (s6->sin6_port);
+    }
+  else
+    {
+      const struct sockaddr_in *s4 = (const void *) ss;
+      inet_ntop (AF_INET, &s4->sin_addr, buf, INET6_ADDRSTRLEN);
+      *port = ntohs (s4->sin_port);
+    }
+}
+
+/* Write as much output as the socket takes. FALSE on a write error. */
+static gboolean
+conn_flush (Conn *c)
+{
+  GString *out = gm_session_output (c->session);
+  gsize done = 0;
+  while (done < out->len)
+    {
+      ssize_t n = send (c->fd, out->str + done, out->len - done, MSG_NOSIGNAL);
+      if (n < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          if (errno == EAGAIN || errno == EWOULDBLOCK)
+            break;
+          g_string_truncate (out, 0);
+          return FALSE;
+        }
+      done += n;
+    }
+  g_string_erase (out, 0, done);
+  return TRUE;
+}
+
+static void on_conn_io (Conn *c, GIOCondition cond);
+
+static gboolean
+conn_dispatch (GSource *source, GSourceFunc callback, gpointer user_data)
+{
+  Conn *c = ((ConnSource *) source)->conn;
+  on_conn_io (c, g_source_query_unix_fd (source, c->fd_tag));
+  return G_SOURCE_CONTINUE;
+}
+
+static GSourceFuncs conn_source_funcs = { NULL, NULL, conn_dispatch, NULL, NULL, NULL };
+
+static void
+conn_update_watch (Conn *c)
+{
+  GIOCondition want = 0;
+  GString *out = gm_session_output (c->session);
+  if (out->len > 0)
+    want |= G_IO_OUT;
+  if (!c->spooling && !c->closing && out->len < MAX_PENDING_OUTPUT)
+    want |= G_IO_IN;
+  if (want == c->watching)
+    return;
+  g_source_modify_unix_fd (c->source, c->fd_tag, want);
+  c->watching = want;
+}
+
+static void
+conn_close (Conn *c)
+{
+  g_source_destroy (c->source);
+  g_source_unref (c->source);
+  close (c->fd);
+  g_queue_unlink (&conns, &c->link);
+  guint n = GPOINTER_TO_UINT (g_hash_table_lookup (per_client, c->client));
+  if (n <= 1)
+    g_hash_table_remove (per_client, c->client);
+  else
+    g_hash_table_insert (per_client, g_strdup (c->client), GUINT_TO_POINTER (n - 1));
+  gm_log (NULL, "disconnect from [%s]:%u", c->client, c->client_port);
+  gm_session_free (c->session);
+  g_free (c);
+  if (shutting_down && g_queue_is_empty (&conns))
+    g_main_loop_quit (loop);
+}
+
+/* After a write: close when asked and everything is sent. */
+static void
+conn_settle (Conn *c)
+{
+  if (!conn_flush (c))
+    {
+      if (!c->spooling)
+        conn_close (c);
+      else
+        c->closing = TRUE;
+      return;
+    }
+  if (c->closing && !c->spooling && gm_session_output (c->session)->len == 0)
+    {
+      conn_close (c);
+      return;
+    }
+  conn_update_watch (c);
+}
+
+typedef struct
+{
+  Conn *conn;
+  GmEnvelope *env;
+  const GString *header;
+  const GString *body;
+  GError *error;
+} SpoolJob;
+
+static void
+spool_work (gpointer data)
+{
+  SpoolJob *job = data;
+  gm_spool_write (gm_config.state_dir, job->env, job->header->str, job->header->len,
+                  job->body->str, job->body->len, &job->error);
+}
+
+static void conn_act (Conn *c, GmSessionAction action);
+
+static void
+spool_done (gpointer data)
+{
+  SpoolJob *job = data;
+  Conn *c = job->conn;
+  c->spooling = FALSE;
+  if (!job->error)
+    gm_queue_submit (job->env->id);
+  GmSessionAction action = gm_session_spooled (c->session, job->error);
+  g_clear_error (&job->error);
+  g_free (job);
+  c->last_activity = g_get_monotonic_time ();
+  conn_act (c, action);
+}
+
+static void
+conn_act (Conn *c, GmSessionAction action)
+{
+  if (action == GM_SESSION_SPOOL)
+    {
+      SpoolJob *job = g_new0 (SpoolJob, 1);
+      job->conn = c;
+      gm_session_message (c->session, &job->env, &job->header, &job->body);
+      c->spooling = TRUE;
+      gm_workers_push (spool_work, spool_done, job);
+    }
+  else if (action == GM_SESSION_CLOSE)
+    c->closing = TRUE;
+  conn_settle (c);
+}
+
+static void
+on_conn_io (Conn *c, GIOCondition cond)
+{
+  static char buf[64 * 1024];
+  if ((cond & G_IO_IN) && !c->spooling && !c->closing)
+    {
+      ssize_t n = recv (c->fd, buf, sizeof buf, 0);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+        {
+          conn_close (c);
+          return;
+        }
+      if (n > 0)
+        {
+          c->last_activity = g_get_monotonic_time ();
+          conn_act (c, gm_session_feed (c->session, buf, n));
+          return;
+        }
+    }
+  if (cond & (G_IO_OUT | G_IO_HUP | G_IO_ERR))
+    conn_settle (c);
+}
+
+static void
+refuse (int fd, const char *client)
+{
+  GString *out = g_string_new (NULL);
+  g_autofree char *text = g_strdup_printf ("%s Error: too many connections", gm_config.hostname);
+  gm_reply (out, GM_REPLY_TOO_MANY_CONNECTIONS, text);
+  ssize_t ignored = send (fd, out->str, out->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+  (void) ignored;
+  g_string_free (out, TRUE);
+  close (fd);
+  gm_log (NULL, "refused connection from [%s]: too many connections", client);
+}
+
+static gboolean
+on_accept (gint lfd, GIOCondition cond, gpointer data)
+{
+  for (int i = 0; i < 64; i++)
+    {
+      struct sockaddr_storage peer, local;
+      socklen_t plen = sizeof peer, llen = sizeof local;
+      int fd = accept4 (lfd, (struct sockaddr *) &peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0)
+        {
+          if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+            gm_log (NULL, "accept: %s", g_strerror (errno));
+          break;
+        }
+      char client[INET6_ADDRSTRLEN], local_text[INET6_ADDRSTRLEN];
+      guint16 client_port, local_port;
+      sockaddr_text (&peer, client, &client_port);
+      getsockname (fd, (struct sockaddr *) &local, &llen);
+      sockaddr_text (&local, local_text, &local_port);
+
+      guint from_client = GPOINTER_TO_UINT (g_hash_table_lookup (per_client, client));
+      if (conns.length >= gm_config.max_connections
+          || from_client >= gm_config.max_connections_per_client)
+        {
+          refuse (fd, client);
+          continue;
+        }
+      g_hash_table_insert (per_client, g_strdup (client), GUINT_TO_POINTER (from_client + 1));
+
+      Conn *c = g_new0 (Conn, 1);
+      c->fd = fd;
+      c->link.data = c;
+      memcpy (c->client, client, sizeof client);
+      c->client_port = client_port;
+      c->last_activity = g_get_monotonic_time ();
+      GmConnInfo info = { client, client_port, local_text, local_port };
+      c->session = gm_session_new (&info);
+      c->source = g_source_new (&conn_source_funcs, sizeof (ConnSource));
+      ((ConnSource *) c->source)->conn = c;
+      c->fd_tag = g_source_add_unix_fd (c->source, fd, 0);
+      g_source_attach (c->source, NULL);
+      g_queue_push_tail_link (&conns, &c->link);
+      gm_log (NULL, "connect from [%s]:%u to [%s]:%u", client, client_port, local_text, local_port);
+      gm_session_greet (c->session);
+      conn_settle (c);
+    }
+  return G_SOURCE_CONTINUE;
+}
+
+/* ---- Timers and shutdown --------------------------------------------- */
+
+static void
+conn_abort (Conn *c, guint reply_kind)
+{
+  gm_session_abort (c->session, reply_kind);
+  c->closing = TRUE;
+  conn_settle (c);
+}
+
+static gboolean
+on_tick (gpointer data)
+{
+  gint64 now = g_get_monotonic_time ();
+  for (GList *l = conns.head; l;)
+    {
+      Conn *c = l->data;
+      l = l->next;
+      if (c->spooling)
+        continue;
+      if (c->closing)
+        {
+          /* A client that reads nothing cannot keep us forever. */
+          if (now - c->last_activity > (gint64) gm_config.command_timeout * G_USEC_PER_SEC)
+            conn_close (c);
+          continue;
+        }
+      guint timeout = gm_session_reading_data (c->session) ? gm_config.data_timeout
+        : gm_config.command_timeout;
+      if (shutting_down && (!gm_session_in_transaction (c->session) || now >= shutdown_deadline))
+        conn_abort (c, GM_REPLY_SHUTDOWN);
+      else if (now - c->last_activity > (gint64) timeout * G_USEC_PER_SEC)
+        {
+          gm_log (NULL, "timeout after %us from [%s]:%u", timeout, c->client, c->client_port);
+          conn_abort (c, GM_REPLY_TIMEOUT);
+        }
+    }
+  if (shutting_down && g_queue_is_empty (&conns))
+    g_main_loop_quit (loop);
+  return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+on_signal (gpointer data)
+{
+  if (shutting_down)
+    return G_SOURCE_CONTINUE;
+  gm_log (NULL, "shutting down: no new connections, %u session(s) finishing within %us",
+          conns.length, gm_config.shutdown_timeout);
+  shutting_down = TRUE;
+  shutdown_deadline = g_get_monotonic_time () + (gint64) gm_config.shutdown_timeout * G_USEC_PER_SEC;
+  close_listeners ();
+  gm_queue_stop ();
+  on_tick (NULL);
+  return G_SOURCE_CONTINUE;
+}
+
+int
+gm_server_run (void)
+{
+  loop = g_main_loop_new (NULL, FALSE);
+  g_unix_signal_add (SIGTERM, on_signal, NULL);
+  g_unix_signal_add (SIGINT, on_signal, NULL);
+  g_timeout_add_seconds (1, on_tick, NULL);
+  g_main_loop_run (loop);
+  gm_workers_shutdown ();
+  gm_log (NULL, "stopped");
+  return 0;
+}

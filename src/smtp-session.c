@@ -1,0 +1,914 @@
+/* smtp-session.c — the SMTP server conversation as a state machine, no I/O.
+ *
+ * RFC 5321 (commands, §4.1; sequencing, §4.1.4; DATA and dot-stuffing,
+ * §4.1.1.4 and §4.5.2; limits, §4.5.3), RFC 2920 (PIPELINING), RFC 3030
+ * (CHUNKING/BDAT), RFC 1870 (SIZE), RFC 6152 (8BITMIME), RFC 6531 (SMTPUTF8),
+ * RFC 2034 (ENHANCEDSTATUSCODES).
+ *
+ * Only CRLF.CRLF ends a DATA message: a "." line reached through a bare CR or
+ * LF never does, so no SMTP smuggling can split one message into two. */
+#include "config.h"
+#include "smtp-session.h"
+
+#include <string.h>
+
+#include "log.h"
+#include "settings.h"
+#include "smtp-parse.h"
+#include "smtp-reply.h"
+
+/* A partial DATA line longer than this is consumed without waiting for its end. */
+#define DATA_PARTIAL_LINE 8192
+
+typedef enum
+{
+  IN_COMMAND,
+  IN_DATA,
+  IN_BDAT,
+  IN_SPOOLING,                  /* waiting for gm_session_spooled() */
+  IN_CLOSED,
+} InputMode;
+
+typedef enum
+{
+  CMD_EHLO, CMD_HELO, CMD_MAIL, CMD_RCPT, CMD_DATA, CMD_BDAT, CMD_RSET,
+  CMD_NOOP, CMD_QUIT, CMD_VRFY, CMD_HELP, CMD_EXPN, CMD_ETRN, CMD_TURN,
+  CMD_UNKNOWN, N_COMMANDS
+} CommandId;
+
+struct GmSession
+{
+  GmConnInfo conn;              /* strings owned */
+  GString *in;
+  gsize in_pos;
+  GString *out;
+  InputMode mode;
+  gboolean discarding_line;     /* an over-long command line is being skipped */
+
+  char *helo;
+  gboolean esmtp;
+  guint errors;
+  guint counts[N_COMMANDS];
+
+  /* The transaction: env != NULL once MAIL was accepted. */
+  GmEnvelope *env;
+  gboolean smtputf8;
+  gboolean rcpt_refused;        /* some RCPT was refused: "no valid recipients" */
+  gboolean bdat_used;
+  GString *header;              /* Received: */
+  GString *body;                /* LF line ends */
+  guint64 size;                 /* bytes received for this message */
+  gboolean too_big;
+  gboolean bare_seen;
+
+  /* DATA line state. */
+  gboolean line_start;
+  gboolean prev_crlf;
+
+  /* BDAT chunk state. */
+  guint64 chunk_left;
+  gboolean chunk_last;
+  gboolean pending_cr;
+  int chunk_error;              /* GmReplyKind to answer when the chunk ends, or -1 */
+};
+
+static void reset_transaction (GmSession *s);
+
+GmSession *
+gm_session_new (const GmConnInfo *conn)
+{
+  GmSession *s = g_new0 (GmSession, 1);
+  s->conn.client_address = g_strdup (conn->client_address);
+  s->conn.client_port = conn->client_port;
+  s->conn.local_address = g_strdup (conn->local_address);
+  s->conn.local_port = conn->local_port;
+  s->in = g_string_sized_new (512);
+  s->out = g_string_sized_new (256);
+  s->header = g_string_new (NULL);
+  s->body = g_string_new (NULL);
+  s->mode = IN_COMMAND;
+  s->chunk_error = -1;
+  return s;
+}
+
+void
+gm_session_free (GmSession *s)
+{
+  if (!s)
+    return;
+  g_free ((char *) s->conn.client_address);
+  g_free ((char *) s->conn.local_address);
+  g_string_free (s->in, TRUE);
+  g_string_free (s->out, TRUE);
+  g_string_free (s->header, TRUE);
+  g_string_free (s->body, TRUE);
+  g_free (s->helo);
+  if (s->env)
+    gm_envelope_free (s->env);
+  g_free (s);
+}
+
+GString *
+gm_session_output (GmSession *s)
+{
+  return s->out;
+}
+
+gboolean
+gm_session_reading_data (GmSession *s)
+{
+  return s->mode == IN_DATA || s->mode == IN_BDAT;
+}
+
+gboolean
+gm_session_in_transaction (GmSession *s)
+{
+  return s->env != NULL;
+}
+
+/* ---- Replies ---------------------------------------------------------- */
+
+/* Every reply goes through here: counts client errors and ends the session
+ * when there are too many. */
+static void
+reply (GmSession *s, GmReplyKind kind, const char *text)
+{
+  guint code = gm_reply (s->out, kind, text);
+  if (code == 421)
+    {
+      s->mode = IN_CLOSED;
+      return;
+    }
+  if (code >= 500 || kind == GM_REPLY_TOO_MANY_RECIPIENTS)
+    {
+      s->errors++;
+      if (s->errors >= gm_config.max_errors)
+        {
+          gm_log (NULL, "too many errors from [%s]:%u", s->conn.client_address, s->conn.client_port);
+          g_autofree char *t = g_strdup_printf ("%s Error: too many errors", gm_config.hostname);
+          gm_reply (s->out, GM_REPLY_TOO_MANY_ERRORS, t);
+          s->mode = IN_CLOSED;
+        }
+    }
+}
+
+static void G_GNUC_PRINTF (3, 4)
+replyf (GmSession *s, GmReplyKind kind, const char *fmt, ...)
+{
+  va_list ap;
+  va_start (ap, fmt);
+  g_autofree char *text = g_strdup_vprintf (fmt, ap);
+  va_end (ap);
+  reply (s, kind, text);
+}
+
+void
+gm_session_greet (GmSession *s)
+{
+  replyf (s, GM_REPLY_GREETING, "%s ESMTP Guillemot", gm_config.hostname);
+}
+
+GmSessionAction
+gm_session_abort (GmSession *s, guint reply_kind)
+{
+  const char *what = reply_kind == GM_REPLY_TIMEOUT ? "Error: timeout exceeded"
+    : reply_kind == GM_REPLY_TOO_MANY_CONNECTIONS ? "Error: too many connections"
+    : "Service shutting down";
+  if (s->mode != IN_CLOSED)
+    replyf (s, reply_kind, "%s %s", gm_config.hostname, what);
+  s->mode = IN_CLOSED;
+  return GM_SESSION_CLOSE;
+}
+
+/* ---- Transaction ------------------------------------------------------ */
+
+static void
+reset_transaction (GmSession *s)
+{
+  g_clear_pointer (&s->env, gm_envelope_free);
+  s->smtputf8 = FALSE;
+  s->rcpt_refused = FALSE;
+  s->bdat_used = FALSE;
+  s->size = 0;
+  s->too_big = FALSE;
+  s->bare_seen = FALSE;
+  s->pending_cr = FALSE;
+  s->chunk_error = -1;
+  g_string_truncate (s->header, 0);
+  /* Keep the body buffer for the next message unless it grew large. */
+  if (s->body->allocated_len > 1024 * 1024)
+    {
+      g_string_free (s->body, TRUE);
+      s->body = g_string_new (NULL);
+    }
+  else
+    g_string_truncate (s->body, 0);
+}
+
+static const char *
+protocol_name (GmSession *s)
+{
+  if (!s->esmtp)
+    return "SMTP";
+  return s->smtputf8 ? "UTF8SMTP" : "ESMTP";
+}
+
+static void
+build_received (GmSession *s)
+{
+  GmEnvelope *env = s->env;
+  g_autoptr (GDateTime) now = g_date_time_new_from_unix_utc (env->arrival);
+  g_autofree char *date = g_date_time_format (now, "%a, %d %b %Y %H:%M:%S +0000");
+  gboolean v6 = strchr (s->conn.client_address, ':') != NULL;
+  g_string_printf (s->header, "Received: from %s ([%s%s])\n\tby %s (Guillemot) with %s id %s",
+                   s->helo, v6 ? "IPv6:" : "", s->conn.client_address, gm_config.hostname,
+                   protocol_name (s), env->id);
+  if (env->rcpts->len == 1)
+    {
+      GmSpoolRcpt *r = g_ptr_array_index (env->rcpts, 0);
+      g_string_append_printf (s->header, "\n\tfor <%s>", r->address);
+    }
+  g_string_append_printf (s->header, "; %s\n", date);
+}
+
+/* The message is complete: answer an error or hand it to the spool. */
+static GmSessionAction
+finish_message (GmSession *s)
+{
+  s->mode = IN_COMMAND;
+  if (s->too_big)
+    {
+      reply (s, GM_REPLY_TOO_BIG, NULL);
+      reset_transaction (s);
+      return GM_SESSION_WANT_INPUT;
+    }
+  if (s->bare_seen && gm_config.bare_line_endings == GM_BARE_REJECT)
+    {
+      reply (s, GM_REPLY_BARE_LINE_ENDING, NULL);
+      reset_transaction (s);
+      return GM_SESSION_WANT_INPUT;
+    }
+  if (s->body->len > 0 && s->body->str[s->body->len - 1] != '\n')
+    g_string_append_c (s->body, '\n');
+  s->env->id = gm_spool_new_id ();
+  s->env->arrival = g_get_real_time () / G_USEC_PER_SEC;
+  s->env->protocol = g_strdup (protocol_name (s));
+  build_received (s);
+  s->mode = IN_SPOOLING;
+  return GM_SESSION_SPOOL;
+}
+
+void
+gm_session_message (GmSession *s, GmEnvelope **env, const GString **header, const GString **body)
+{
+  g_return_if_fail (s->mode == IN_SPOOLING);
+  *env = s->env;
+  *header = s->header;
+  *body = s->body;
+}
+
+/* ---- Commands --------------------------------------------------------- */
+
+static gboolean
+valid_helo_name (const char *arg)
+{
+  const char *reason;
+  if (gm_valid_domain (arg, strlen (arg), &reason))
+    return TRUE;
+  /* Accept the underscores that some clients put in their host names. */
+  if (!*arg)
+    return FALSE;
+  for (const char *p = arg; *p; p++)
+    if (!g_ascii_isalnum (*p) && *p != '-' && *p != '.' && *p != '_')
+      return FALSE;
+  return TRUE;
+}
+
+static void
+cmd_helo (GmSession *s, char *arg, gboolean extended)
+{
+  if (!*arg || !valid_helo_name (arg))
+    {
+      replyf (s, GM_REPLY_SYNTAX, "Syntax: %s hostname", extended ? "EHLO" : "HELO");
+      return;
+    }
+  reset_transaction (s);
+  g_free (s->helo);
+  s->helo = g_strdup (arg);
+  s->esmtp = extended;
+  if (!extended)
+    {
+      replyf (s, GM_REPLY_EHLO, "%s", gm_config.hostname);
+      return;
+    }
+  g_autofree char *text = g_strdup_printf ("%s\nPIPELINING\nSIZE %" G_GUINT64_FORMAT
+                                           "\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING",
+                                           gm_config.hostname, gm_config.max_message_size);
+  reply (s, GM_REPLY_EHLO, text);
+}
+
+static gboolean
+has_prefix_ci (const char *s, const char *prefix)
+{
+  return g_ascii_strncasecmp (s, prefix, strlen (prefix)) == 0;
+}
+
+static void
+cmd_mail (GmSession *s, char *arg)
+{
+  if (!s->helo)
+    {
+      reply (s, GM_REPLY_BAD_SEQUENCE, "Error: send HELO/EHLO first");
+      return;
+    }
+  if (s->env)
+    {
+      reply (s, GM_REPLY_BAD_SEQUENCE, "Error: nested MAIL command");
+      return;
+    }
+  if (!has_prefix_ci (arg, "FROM:"))
+    {
+      reply (s, GM_REPLY_SYNTAX, "Syntax: MAIL FROM:<address>");
+      return;
+    }
+  GmPath path;
+  GmParam params[GM_MAX_PARAMS];
+  guint n_params;
+  const char *reason;
+  if (!gm_parse_path_and_params (arg + 5, GM_PATH_SENDER, &path, params, &n_params, &reason))
+    {
+      replyf (s, GM_REPLY_BAD_SENDER, "Bad sender address syntax: %s", reason);
+      return;
+    }
+  gboolean smtputf8 = FALSE;
+  for (guint i = 0; i < n_params; i++)
+    {
+      const char *key = params[i].keyword, *value = params[i].value;
+      if (!s->esmtp)
+        {
+          replyf (s, GM_REPLY_BAD_PARAMETER, "Parameter %s needs EHLO", key);
+          goto out;
+        }
+      if (g_ascii_strcasecmp (key, "SIZE") == 0)
+        {
+          guint64 size;
+          if (!value || !gm_parse_decimal (value, &size))
+            {
+              reply (s, GM_REPLY_SYNTAX, "Syntax: SIZE=number");
+              goto out;
+            }
+          if (size > gm_config.max_message_size)
+            {
+              reply (s, GM_REPLY_TOO_BIG, NULL);
+              goto out;
+            }
+        }
+      else if (g_ascii_strcasecmp (key, "BODY") == 0)
+        {
+          if (!value || (g_ascii_strcasecmp (value, "7BIT") != 0
+                         && g_ascii_strcasecmp (value, "8BITMIME") != 0))
+            {
+              reply (s, GM_REPLY_SYNTAX, "Syntax: BODY=7BIT or BODY=8BITMIME");
+              goto out;
+            }
+        }
+      else if (g_ascii_strcasecmp (key, "SMTPUTF8") == 0 && !value)
+        smtputf8 = TRUE;
+      else
+        {
+          replyf (s, GM_REPLY_BAD_PARAMETER, "Unsupported parameter: %s", key);
+          goto out;
+        }
+    }
+  if (path.utf8 && !smtputf8)
+    {
+      reply (s, GM_REPLY_NON_ASCII_ADDRESS, NULL);
+      goto out;
+    }
+  s->env = gm_envelope_new ();
+  s->env->client = g_strdup (s->conn.client_address);
+  s->env->helo = g_strdup (s->helo);
+  s->env->sender = gm_path_to_string (&path);
+  s->smtputf8 = smtputf8;
+  reply (s, GM_REPLY_SENDER_OK, "Ok");
+out:
+  gm_path_clear (&path);
+}
+
+/* A local part becomes a directory or file name: refuse what could escape. */
+static char *
+mailbox_name (const char *local)
+{
+  if (!*local || local[0] == '.' || local[0] == '"')
+    return NULL;
+  for (const char *p = local; *p; p++)
+    if (*p == '/' || (guchar) *p < 32 || *p == 127)
+      return NULL;
+  return g_utf8_strdown (local, -1);
+}
+
+static gboolean
+is_local_domain (const char *domain)
+{
+  for (char **d = gm_config.local_domains; d && *d; d++)
+    if (g_ascii_strcasecmp (*d, domain) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+static void
+cmd_rcpt (GmSession *s, char *arg)
+{
+  if (!s->env)
+    {
+      reply (s, GM_REPLY_BAD_SEQUENCE, "Error: need MAIL command");
+      return;
+    }
+  if (!has_prefix_ci (arg, "TO:"))
+    {
+      reply (s, GM_REPLY_SYNTAX, "Syntax: RCPT TO:<address>");
+      return;
+    }
+  GmPath path;
+  GmParam params[GM_MAX_PARAMS];
+  guint n_params;
+  const char *reason;
+  if (!gm_parse_path_and_params (arg + 3, GM_PATH_RECIPIENT, &path, params, &n_params, &reason))
+    {
+      replyf (s, GM_REPLY_BAD_RECIPIENT, "Bad recipient address syntax: %s", reason);
+      return;
+    }
+  g_autofree char *address = gm_path_to_string (&path);
+  g_autofree char *mailbox = NULL;
+  if (n_params > 0)
+    {
+      replyf (s, GM_REPLY_BAD_PARAMETER, "Unsupported parameter: %s", params[0].keyword);
+      goto out;
+    }
+  if (path.utf8 && !s->smtputf8)
+    {
+      reply (s, GM_REPLY_NON_ASCII_ADDRESS, NULL);
+      goto out;
+    }
+  if (s->env->rcpts->len >= gm_config.max_recipients)
+    {
+      reply (s, GM_REPLY_TOO_MANY_RECIPIENTS, NULL);
+      goto out;
+    }
+  if (path.domain && !is_local_domain (path.domain))
+    {
+      replyf (s, GM_REPLY_RELAY_DENIED, "<%s>: Relay access denied", address);
+      s->rcpt_refused = TRUE;
+      goto out;
+    }
+  mailbox = mailbox_name (path.local);
+  if (!mailbox)
+    {
+      replyf (s, GM_REPLY_NO_SUCH_MAILBOX,
+              "<%s>: Recipient address rejected: local part not usable as a mailbox name", address);
+      s->rcpt_refused = TRUE;
+      goto out;
+    }
+  g_autofree char *destination = gm_config_local_path (mailbox);
+  gm_envelope_add_rcpt (s->env, address, gm_config.local_transport, destination);
+  reply (s, GM_REPLY_RCPT_OK, "Ok");
+out:
+  gm_path_clear (&path);
+}
+
+static gboolean
+check_ready_for_data (GmSession *s)
+{
+  if (!s->env)
+    {
+      reply (s, GM_REPLY_BAD_SEQUENCE, "Error: need MAIL command");
+      return FALSE;
+    }
+  if (s->env->rcpts->len == 0)
+    {
+      if (s->rcpt_refused)
+        reply (s, GM_REPLY_NO_VALID_RECIPIENTS, NULL);
+      else
+        reply (s, GM_REPLY_BAD_SEQUENCE, "Error: need RCPT command");
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static void
+cmd_data (GmSession *s, char *arg)
+{
+  if (*arg)
+    {
+      reply (s, GM_REPLY_SYNTAX, "Syntax: DATA");
+      return;
+    }
+  if (s->bdat_used)
+    {
+      reply (s, GM_REPLY_BAD_SEQUENCE, "Error: DATA after BDAT");
+      return;
+    }
+  if (!check_ready_for_data (s))
+    return;
+  reply (s, GM_REPLY_START_DATA, NULL);
+  s->mode = IN_DATA;
+  s->line_start = TRUE;
+  s->prev_crlf = TRUE;
+}
+
+static void
+cmd_bdat (GmSession *s, char *arg)
+{
+  char *space = strchr (arg, ' ');
+  gboolean last = FALSE;
+  if (space)
+    {
+      *space = '\0';
+      last = g_ascii_strcasecmp (space + 1, "LAST") == 0;
+    }
+  guint64 size;
+  if (!gm_parse_decimal (arg, &size) || (space && !last))
+    {
+      /* The chunk length is unknown: what follows is read as commands. */
+      reply (s, GM_REPLY_SYNTAX, "Syntax: BDAT size [LAST]");
+      return;
+    }
+  s->mode = IN_BDAT;
+  s->chunk_left = size;
+  s->chunk_last = last;
+  if (s->chunk_error >= 0)
+    return;                     /* the transaction already failed: keep failing */
+  if (!s->env || s->env->rcpts->len == 0)
+    s->chunk_error = !s->env ? GM_REPLY_BAD_SEQUENCE
+      : s->rcpt_refused ? GM_REPLY_NO_VALID_RECIPIENTS : GM_REPLY_BAD_SEQUENCE;
+  else if (s->size + size > gm_config.max_message_size)
+    s->chunk_error = GM_REPLY_TOO_BIG;
+  else if (!s->bdat_used)
+    s->bdat_used = TRUE;
+}
+
+static void
+cmd_rset (GmSession *s, char *arg)
+{
+  if (*arg)
+    {
+      reply (s, GM_REPLY_SYNTAX, "Syntax: RSET");
+      return;
+    }
+  reset_transaction (s);
+  reply (s, GM_REPLY_OK, "Ok");
+}
+
+static void
+cmd_vrfy (GmSession *s, char *arg)
+{
+  if (!*arg)
+    reply (s, GM_REPLY_SYNTAX, "Syntax: VRFY address");
+  else
+    reply (s, GM_REPLY_VRFY, NULL);
+}
+
+typedef struct
+{
+  const char *verb;
+  CommandId id;
+} Command;
+
+static const Command commands[] = {
+  { "EHLO", CMD_EHLO }, { "HELO", CMD_HELO }, { "MAIL", CMD_MAIL }, { "RCPT", CMD_RCPT },
+  { "DATA", CMD_DATA }, { "BDAT", CMD_BDAT }, { "RSET", CMD_RSET }, { "NOOP", CMD_NOOP },
+  { "QUIT", CMD_QUIT }, { "VRFY", CMD_VRFY }, { "HELP", CMD_HELP }, { "EXPN", CMD_EXPN },
+  { "ETRN", CMD_ETRN }, { "TURN", CMD_TURN },
+};
+
+static void
+dispatch (GmSession *s, char *line)
+{
+  char *arg = line;
+  while (*arg && *arg != ' ')
+    arg++;
+  gsize verb_len = arg - line;
+  if (*arg == ' ')
+    *arg++ = '\0';
+  CommandId id = CMD_UNKNOWN;
+  for (gsize i = 0; i < G_N_ELEMENTS (commands); i++)
+    if (verb_len == 4 && g_ascii_strcasecmp (line, commands[i].verb) == 0)
+      id = commands[i].id;
+  s->counts[id]++;
+  switch (id)
+    {
+    case CMD_EHLO: cmd_helo (s, arg, TRUE); break;
+    case CMD_HELO: cmd_helo (s, arg, FALSE); break;
+    case CMD_MAIL: cmd_mail (s, arg); break;
+    case CMD_RCPT: cmd_rcpt (s, arg); break;
+    case CMD_DATA: cmd_data (s, arg); break;
+    case CMD_BDAT: cmd_bdat (s, arg); break;
+    case CMD_RSET: cmd_rset (s, arg); break;
+    case CMD_NOOP: reply (s, GM_REPLY_OK, "Ok"); break;
+    case CMD_QUIT:
+      reply (s, GM_REPLY_BYE, "Bye");
+      s->mode = IN_CLOSED;
+      break;
+    case CMD_VRFY: cmd_vrfy (s, arg); break;
+    case CMD_HELP: reply (s, GM_REPLY_HELP, NULL); break;
+    case CMD_EXPN: case CMD_ETRN: case CMD_TURN:
+      reply (s, GM_REPLY_NOT_IMPLEMENTED, NULL);
+      break;
+    default:
+      reply (s, GM_REPLY_UNKNOWN_COMMAND, NULL);
+      break;
+    }
+}
+
+/* ---- Input ------------------------------------------------------------ */
+
+/* One command line, without its terminator. */
+static void
+command_line (GmSession *s, char *line, gsize len, gboolean crlf)
+{
+  if (len + (crlf ? 2 : 1) > gm_config.max_command_length)
+    {
+      reply (s, GM_REPLY_LINE_TOO_LONG, NULL);
+      return;
+    }
+  if (!crlf && gm_config.bare_line_endings == GM_BARE_REJECT)
+    {
+      reply (s, GM_REPLY_BAD_COMMAND_BYTES, "Error: bare LF in command (RFC 5321 2.3.8)");
+      return;
+    }
+  if (memchr (line, '\0', len) || memchr (line, '\r', len))
+    {
+      reply (s, GM_REPLY_BAD_COMMAND_BYTES, crlf || !memchr (line, '\r', len)
+             ? "Error: NUL or bare CR in command" : "Error: NUL or bare CR in command");
+      return;
+    }
+  line[len] = '\0';
+  dispatch (s, line);
+}
+
+static void
+process_commands (GmSession *s)
+{
+  while (s->mode == IN_COMMAND && s->in_pos < s->in->len)
+    {
+      char *p = s->in->str + s->in_pos;
+      gsize avail = s->in->len - s->in_pos;
+      char *lf = memchr (p, '\n', avail);
+      if (!lf)
+        {
+          if (avail > gm_config.max_command_length)
+            {
+              s->discarding_line = TRUE;
+              s->in_pos = s->in->len;
+            }
+          return;
+        }
+      gsize len = lf - p;
+      s->in_pos += len + 1;
+      if (s->discarding_line)
+        {
+          s->discarding_line = FALSE;
+          reply (s, GM_REPLY_LINE_TOO_LONG, NULL);
+          continue;
+        }
+      gboolean crlf = len > 0 && p[len - 1] == '\r';
+      command_line (s, p, crlf ? len - 1 : len, crlf);
+    }
+}
+
+/* Append message text to the body, bare CRs made line ends (normalise) or
+ * noted (reject). Counts nothing. */
+static void
+body_append_text (GmSession *s, const char *p, gsize len)
+{
+  const char *cr;
+  while (len > 0 && (cr = memchr (p, '\r', len)))
+    {
+      s->bare_seen = TRUE;
+      g_string_append_len (s->body, p, cr - p);
+      g_string_append_c (s->body, '\n');
+      len -= cr - p + 1;
+      p = cr + 1;
+    }
+  g_string_append_len (s->body, p, len);
+}
+
+typedef enum { LINE_CRLF, LINE_LF, LINE_PARTIAL } LineEnd;
+
+/* One DATA line (or a piece of a long one). Returns TRUE at the end of the message. */
+static gboolean
+data_line (GmSession *s, const char *p, gsize len, LineEnd end)
+{
+  gboolean proper_start = s->line_start && s->prev_crlf;
+  if (proper_start && end == LINE_CRLF && len == 1 && p[0] == '.')
+    return TRUE;
+  s->size += len + (end == LINE_CRLF ? 2 : end == LINE_LF ? 1 : 0);
+  if (proper_start && len > 0 && p[0] == '.')
+    p++, len--;
+  if (end == LINE_LF)
+    s->bare_seen = TRUE;
+  if (!s->too_big && s->size > gm_config.max_message_size)
+    {
+      s->too_big = TRUE;
+      g_string_truncate (s->body, 0);
+    }
+  if (!s->too_big)
+    {
+      body_append_text (s, p, len);
+      if (end != LINE_PARTIAL)
+        g_string_append_c (s->body, '\n');
+    }
+  s->line_start = end != LINE_PARTIAL;
+  if (end != LINE_PARTIAL)
+    s->prev_crlf = end == LINE_CRLF;
+  return FALSE;
+}
+
+/* Returns TRUE when the message ended. */
+static gboolean
+process_data (GmSession *s)
+{
+  while (s->in_pos < s->in->len)
+    {
+      const char *p = s->in->str + s->in_pos;
+      gsize avail = s->in->len - s->in_pos;
+      const char *lf = memchr (p, '\n', avail);
+      if (!lf)
+        {
+          if (avail < DATA_PARTIAL_LINE)
+            return FALSE;
+          /* Keep the last byte: it may be the CR of a CRLF. */
+          data_line (s, p, avail - 1, LINE_PARTIAL);
+          s->in_pos += avail - 1;
+          continue;
+        }
+      gsize len = lf - p;
+      s->in_pos += len + 1;
+      gboolean crlf = len > 0 && p[len - 1] == '\r';
+      if (data_line (s, p, crlf ? len - 1 : len, crlf ? LINE_CRLF : LINE_LF))
+        return TRUE;
+    }
+  return FALSE;
+}
+
+/* BDAT content: CRLF becomes LF; a bare CR or LF is a line end, noted. */
+static void
+bdat_append (GmSession *s, const char *p, gsize n)
+{
+  GString *b = s->body;
+  gsize i = 0;
+  if (s->pending_cr && n > 0)
+    {
+      s->pending_cr = FALSE;
+      if (p[0] == '\n')
+        i = 1;
+      else
+        s->bare_seen = TRUE;
+      g_string_append_c (b, '\n');
+    }
+  while (i < n)
+    {
+      gsize j = i;
+      while (j < n && p[j] != '\r' && p[j] != '\n')
+        j++;
+      g_string_append_len (b, p + i, j - i);
+      if (j == n)
+        break;
+      if (p[j] == '\n')
+        {
+          s->bare_seen = TRUE;
+          g_string_append_c (b, '\n');
+          i = j + 1;
+        }
+      else if (j + 1 == n)
+        {
+          s->pending_cr = TRUE;
+          i = n;
+        }
+      else
+        {
+          if (p[j + 1] == '\n')
+            i = j + 2;
+          else
+            {
+              s->bare_seen = TRUE;
+              i = j + 1;
+            }
+          g_string_append_c (b, '\n');
+        }
+    }
+}
+
+/* Returns TRUE when a LAST chunk completed a message that must be spooled. */
+static gboolean
+process_bdat (GmSession *s)
+{
+  gsize avail = s->in->len - s->in_pos;
+  gsize take = MIN ((guint64) avail, s->chunk_left);
+  if (s->chunk_error < 0)
+    {
+      bdat_append (s, s->in->str + s->in_pos, take);
+      s->size += take;
+    }
+  s->in_pos += take;
+  s->chunk_left -= take;
+  if (s->chunk_left > 0)
+    return FALSE;
+
+  s->mode = IN_COMMAND;
+  if (s->chunk_error >= 0)
+    {
+      GmReplyKind kind = s->chunk_error;
+      if (kind == GM_REPLY_BAD_SEQUENCE)
+        reply (s, kind, !s->env ? "Error: need MAIL command" : "Error: need RCPT command");
+      else
+        reply (s, kind, NULL);
+      if (s->chunk_last || !s->env)
+        reset_transaction (s);
+      return FALSE;
+    }
+  if (!s->chunk_last)
+    {
+      replyf (s, GM_REPLY_CHUNK_OK, "%" G_GUINT64_FORMAT " octets received", s->size);
+      return FALSE;
+    }
+  if (s->pending_cr)
+    {
+      s->pending_cr = FALSE;
+      s->bare_seen = TRUE;
+      g_string_append_c (s->body, '\n');
+    }
+  return TRUE;
+}
+
+static GmSessionAction
+process (GmSession *s)
+{
+  GmSessionAction action = GM_SESSION_WANT_INPUT;
+  for (;;)
+    {
+      gsize before = s->in_pos;
+      InputMode mode = s->mode;
+      if (mode == IN_COMMAND)
+        process_commands (s);
+      else if (mode == IN_DATA)
+        {
+          if (process_data (s))
+            action = finish_message (s);
+        }
+      else if (mode == IN_BDAT)
+        {
+          if (process_bdat (s))
+            action = finish_message (s);
+        }
+      if (action != GM_SESSION_WANT_INPUT || s->mode == IN_CLOSED || s->mode == IN_SPOOLING)
+        break;
+      if (s->in_pos == before && s->mode == mode)
+        break;                  /* needs more input */
+    }
+  /* Drop what has been consumed. */
+  if (s->in_pos > 0)
+    {
+      g_string_erase (s->in, 0, s->in_pos);
+      s->in_pos = 0;
+    }
+  if (s->mode == IN_CLOSED)
+    return GM_SESSION_CLOSE;
+  return action;
+}
+
+GmSessionAction
+gm_session_feed (GmSession *s, const char *data, gsize len)
+{
+  if (s->mode == IN_CLOSED)
+    return GM_SESSION_CLOSE;
+  g_string_append_len (s->in, data, len);
+  if (s->mode == IN_SPOOLING)
+    return GM_SESSION_WANT_INPUT;
+  return process (s);
+}
+
+GmSessionAction
+gm_session_spooled (GmSession *s, const GError *error)
+{
+  g_return_val_if_fail (s->mode == IN_SPOOLING, GM_SESSION_CLOSE);
+  GmEnvelope *env = s->env;
+  if (!error)
+    {
+      replyf (s, GM_REPLY_QUEUED, "Ok: queued as %s", env->id);
+      gm_log (env->id, "client=[%s]:%u, helo=%s, proto=%s, from=<%s>, size=%" G_GUINT64_FORMAT
+              ", nrcpt=%u", s->conn.client_address, s->conn.client_port, s->helo,
+              env->protocol, env->sender, s->size, env->rcpts->len);
+    }
+  else
+    {
+      gm_log (env->id, "queue file write error: %s", error->message);
+      gboolean full = g_error_matches (error, GM_SPOOL_ERROR, GM_SPOOL_ERROR_NO_SPACE);
+      reply (s, full ? GM_REPLY_NO_SPACE : GM_REPLY_SPOOL_ERROR, NULL);
+    }
+  reset_transaction (s);
+  if (s->mode == IN_CLOSED)
+    return GM_SESSION_CLOSE;
+  s->mode = IN_COMMAND;
+  return process (s);
+}

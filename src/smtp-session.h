@@ -1,0 +1,56 @@
+/* smtp-session.h — the SMTP server state machine (no I/O).
+ *
+ * Bytes go in with gm_session_feed(); replies accumulate in
+ * gm_session_output(); the return value says what the caller must do next.
+ * While an action is outstanding (SPOOL) the session reads nothing more: the
+ * rest of the input waits in its buffer. */
+#pragma once
+#include <glib.h>
+#include "spool.h"
+
+typedef struct GmSession GmSession;
+
+typedef struct
+{
+  const char *client_address;   /* "192.0.2.1", "2001:db8::1" */
+  guint16 client_port;
+  const char *local_address;
+  guint16 local_port;
+} GmConnInfo;
+
+typedef enum
+{
+  GM_SESSION_WANT_INPUT,        /* send the output, then feed more bytes */
+  GM_SESSION_SPOOL,             /* a message is complete: take it, spool it, call gm_session_spooled() */
+  GM_SESSION_CLOSE,             /* send the output, then close the connection */
+} GmSessionAction;
+
+GmSession *gm_session_new (const GmConnInfo *conn);
+void gm_session_free (GmSession *s);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (GmSession, gm_session_free)
+
+/* Queue the 220 greeting. */
+void gm_session_greet (GmSession *s);
+
+/* Append input bytes and process as much as possible. */
+GmSessionAction gm_session_feed (GmSession *s, const char *data, gsize len);
+
+/* Replies waiting to be sent; the caller removes what it has written. */
+GString *gm_session_output (GmSession *s);
+
+/* The message to spool, after GM_SESSION_SPOOL. The envelope has its queue
+ * id; HEADER is the Received: line(s); BODY the message with LF line ends.
+ * All stay owned by the session and unchanged until gm_session_spooled(). */
+void gm_session_message (GmSession *s, GmEnvelope **env, const GString **header,
+                         const GString **body);
+
+/* The spool finished: ERROR NULL on success. Queues the reply, resets the
+ * transaction and goes on with buffered input. */
+GmSessionAction gm_session_spooled (GmSession *s, const GError *error);
+
+/* Facts for the I/O layer. */
+gboolean gm_session_reading_data (GmSession *s);   /* DATA or BDAT content: data-timeout applies */
+gboolean gm_session_in_transaction (GmSession *s); /* MAIL given and not finished */
+
+/* Queue a 421 and ask to close (timeout, shutdown). */
+GmSessionAction gm_session_abort (GmSession *s, guint reply_kind);
