@@ -229,7 +229,8 @@ conn_close (Conn *c)
     g_hash_table_remove (per_client, c->client);
   else
     g_hash_table_insert (per_client, g_strdup (c->client), GUINT_TO_POINTER (n - 1));
-  gm_log (NULL, "disconnect from [%s]:%u", c->client, c->client_port);
+  g_autofree char *summary = gm_session_summary (c->session);
+  gm_log (NULL, "disconnect from [%s]:%u %s", c->client, c->client_port, summary);
   gm_session_free (c->session);
   g_free (c);
   if (shutting_down && g_queue_is_empty (&conns))

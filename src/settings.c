@@ -43,9 +43,10 @@ static const GmSetting settings[] = {
   { "max-command-length", GM_SETTING_BYTES, OFF (max_command_length), "2048", 512, 65536, NULL,
     "Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 minimum 512); longer lines get 500 5.5.2." },
   { "bare-line-endings", GM_SETTING_CHOICE, OFF (bare_line_endings), "normalise", 0, 0, bare_choices,
-    "What a bare CR or LF (one not part of CRLF) means: \"normalise\" takes it as a line end, "
-    "\"reject\" refuses the command with 500 5.5.2 or the message with 550 5.6.2. "
-    "Either way only CRLF.CRLF ends a message." },
+    "What a bare CR or LF (one not part of CRLF) means: \"normalise\" takes it as a line end "
+    "(a bare LF ends a command line; a bare CR in a command is always refused), \"reject\" refuses "
+    "the command with 500 5.5.2 or the message with 550 5.6.0. Either way only CRLF.CRLF ends a "
+    "message and nothing bare is stored." },
   { "shutdown-timeout", GM_SETTING_SECONDS, OFF (shutdown_timeout), "30", 0, 3600, NULL,
     "On SIGTERM or SIGINT, seconds given to transactions in progress before they get 421." },
   { "workers", GM_SETTING_COUNT, OFF (workers), "8", 1, 256, NULL,

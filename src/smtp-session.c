@@ -440,6 +440,7 @@ cmd_rcpt (GmSession *s, char *arg)
     }
   g_autofree char *address = gm_path_to_string (&path);
   g_autofree char *mailbox = NULL;
+  g_autofree char *destination = NULL;
   if (n_params > 0)
     {
       replyf (s, GM_REPLY_BAD_PARAMETER, "Unsupported parameter: %s", params[0].keyword);
@@ -469,7 +470,7 @@ cmd_rcpt (GmSession *s, char *arg)
       s->rcpt_refused = TRUE;
       goto out;
     }
-  g_autofree char *destination = gm_config_local_path (mailbox);
+  destination = gm_config_local_path (mailbox);
   gm_envelope_add_rcpt (s->env, address, gm_config.local_transport, destination);
   reply (s, GM_REPLY_RCPT_OK, "Ok");
 out:
@@ -581,6 +582,26 @@ static const Command commands[] = {
   { "ETRN", CMD_ETRN }, { "TURN", CMD_TURN },
 };
 
+static const char *const command_names[N_COMMANDS] = {
+  "ehlo", "helo", "mail", "rcpt", "data", "bdat", "rset", "noop", "quit", "vrfy", "help",
+  "expn", "etrn", "turn", "unknown",
+};
+
+char *
+gm_session_summary (GmSession *s)
+{
+  GString *out = g_string_new (NULL);
+  guint total = 0;
+  for (guint i = 0; i < N_COMMANDS; i++)
+    if (s->counts[i])
+      {
+        g_string_append_printf (out, "%s=%u ", command_names[i], s->counts[i]);
+        total += s->counts[i];
+      }
+  g_string_append_printf (out, "commands=%u", total);
+  return g_string_free (out, FALSE);
+}
+
 static void
 dispatch (GmSession *s, char *line)
 {
@@ -636,10 +657,14 @@ command_line (GmSession *s, char *line, gsize len, gboolean crlf)
       reply (s, GM_REPLY_BAD_COMMAND_BYTES, "Error: bare LF in command (RFC 5321 2.3.8)");
       return;
     }
-  if (memchr (line, '\0', len) || memchr (line, '\r', len))
+  if (memchr (line, '\0', len))
     {
-      reply (s, GM_REPLY_BAD_COMMAND_BYTES, crlf || !memchr (line, '\r', len)
-             ? "Error: NUL or bare CR in command" : "Error: NUL or bare CR in command");
+      reply (s, GM_REPLY_BAD_COMMAND_BYTES, "Error: NUL character in command");
+      return;
+    }
+  if (memchr (line, '\r', len))
+    {
+      reply (s, GM_REPLY_BAD_COMMAND_BYTES, "Error: bare CR in command (RFC 5321 2.3.8)");
       return;
     }
   line[len] = '\0';

@@ -52,5 +52,8 @@ GmSessionAction gm_session_spooled (GmSession *s, const GError *error);
 gboolean gm_session_reading_data (GmSession *s);   /* DATA or BDAT content: data-timeout applies */
 gboolean gm_session_in_transaction (GmSession *s); /* MAIL given and not finished */
 
+/* "ehlo=1 mail=1 rcpt=2 data=1 quit=1 commands=6", for the disconnect log line. */
+char *gm_session_summary (GmSession *s);
+
 /* Queue a 421 and ask to close (timeout, shutdown). */
 GmSessionAction gm_session_abort (GmSession *s, guint reply_kind);
