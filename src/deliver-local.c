@@ -12,6 +12,7 @@
  * on any failure. */
 #include "config.h"
 #include "deliver-local.h"
+#include "dirsync.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -66,19 +67,6 @@ fail_locked (char **detail, const char *kind, const char *path)
 
 /* ---- File-system helpers ---- */
 
-/* Returns 0 or an errno value. Some file systems cannot sync a directory. */
-static int
-fsync_directory (const char *path)
-{
-  int fd = open (path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0)
-    return errno;
-  int e = 0;
-  if (fsync (fd) < 0 && errno != EINVAL)
-    e = errno;
-  close (fd);
-  return e;
-}
 
 /* mkdir -p PATH with mode 0700. A directory it creates is made durable by an
  * fsync of its parent: a delivery reported done must survive a crash.
@@ -105,7 +93,7 @@ make_directories (const char *path)
       /* Someone else made it meanwhile. */
       return stat (path, &st) == 0 && S_ISDIR (st.st_mode) ? 0 : ENOTDIR;
     }
-  return fsync_directory (parent);
+  return gm_fsync_directory (parent);
 }
 
 /* Write every byte of IOV, resuming after partial writes. */
@@ -261,7 +249,7 @@ gm_deliver_maildir (const char *dir, const GmDeliveryInfo *info, const char *mes
     {
       gm_debug (info->queue_id, "to=<%s>, maildir=%s, status=already in new/", info->recipient, dir);
       /* It may be there only because an earlier fsync of new/ failed. */
-      int e = fsync_directory (new_dir);
+      int e = gm_fsync_directory (new_dir);
       return e ? fail_errno (detail, e, "maildir", new_dir) : GM_DELIVERY_OK;
     }
   if (errno != ENOENT)
@@ -298,7 +286,7 @@ gm_deliver_maildir (const char *dir, const GmDeliveryInfo *info, const char *mes
       return fail_errno (detail, e, "maildir", new_path);
     }
   unlink (tmp_path);
-  e = fsync_directory (new_dir);
+  e = gm_fsync_directory_shared (new_dir);
   if (e)
     return fail_errno (detail, e, "maildir", new_dir);
   return GM_DELIVERY_OK;
@@ -483,7 +471,7 @@ append_locked (const char *file, const GString *entry, gint64 deadline, char **d
   if (e == 0 && created)
     {
       g_autofree char *parent = g_path_get_dirname (file);
-      e = fsync_directory (parent);
+      e = gm_fsync_directory (parent);
     }
   if (e)
     {

@@ -449,12 +449,21 @@ on_signal (gpointer data)
   return G_SOURCE_CONTINUE;
 }
 
+static gboolean
+on_hangup (gpointer data)
+{
+  /* Until live reload exists, SIGHUP must not kill the server. */
+  gm_log (NULL, "SIGHUP ignored: configuration reload is not supported yet; restart to apply changes");
+  return G_SOURCE_CONTINUE;
+}
+
 int
 gm_server_run (void)
 {
   loop = g_main_loop_new (NULL, FALSE);
   g_unix_signal_add (SIGTERM, on_signal, NULL);
   g_unix_signal_add (SIGINT, on_signal, NULL);
+  g_unix_signal_add (SIGHUP, on_hangup, NULL);
   g_timeout_add_seconds (1, on_tick, NULL);
   g_main_loop_run (loop);
   gm_workers_shutdown ();

@@ -6,6 +6,7 @@
  * defensive parser, in-place recipient marks, and start-up recovery. */
 #include "config.h"
 #include "spool.h"
+#include "dirsync.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -194,19 +195,6 @@ spool_path (const char *state_dir, const char *subdir, const char *name)
   return g_build_filename (state_dir, "spool", subdir, name, NULL);
 }
 
-/* Returns 0 or an errno value. Some file systems cannot sync a directory. */
-static int
-fsync_directory (const char *path)
-{
-  int fd = open (path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0)
-    return errno;
-  int e = 0;
-  if (fsync (fd) < 0 && errno != EINVAL)
-    e = errno;
-  close (fd);
-  return e;
-}
 
 /* Write every byte of IOV, resuming after partial writes. */
 static gboolean
@@ -292,91 +280,10 @@ gm_spool_init (const char *state_dir, GError **error)
   const char *const parents[] = { spool, state_dir };
   for (gsize i = 0; i < G_N_ELEMENTS (parents); i++)
     {
-      int e = fsync_directory (parents[i]);
+      int e = gm_fsync_directory (parents[i]);
       if (e)
         return set_errno_error (error, e, "fsync", parents[i]);
     }
-  return TRUE;
-}
-
-/* ---- Group commit of the queue/ directory ----
- *
- * Each writer takes a ticket after its rename. A directory fsync that starts
- * when tickets 1..N have been handed out makes all of them durable, so a writer
- * whose ticket is covered by a round that started after it waits instead of
- * running its own fsync. One round runs at a time; the next starts as soon as
- * it ends, covering everyone who arrived meanwhile. */
-
-typedef struct
-{
-  GMutex lock;
-  GCond done;
-  guint64 tickets;              /* handed out: one per rename into the directory */
-  guint64 synced;               /* every ticket up to this one is durable */
-  guint64 failed;               /* every ticket up to this one met a failed fsync */
-  int failed_errno;
-  gboolean syncing;
-} DirSync;
-
-G_LOCK_DEFINE_STATIC (dir_syncs);
-static GHashTable *dir_syncs;   /* path → DirSync*: one per spool, kept for the process */
-
-static DirSync *
-dir_sync_for (const char *dir)
-{
-  G_LOCK (dir_syncs);
-  if (!dir_syncs)
-    dir_syncs = g_hash_table_new (g_str_hash, g_str_equal);
-  DirSync *ds = g_hash_table_lookup (dir_syncs, dir);
-  if (!ds)
-    {
-      ds = g_new0 (DirSync, 1);
-      g_mutex_init (&ds->lock);
-      g_cond_init (&ds->done);
-      g_hash_table_insert (dir_syncs, g_strdup (dir), ds);
-    }
-  G_UNLOCK (dir_syncs);
-  return ds;
-}
-
-/* Make a rename into DIR, already done by the caller, durable. */
-static gboolean
-shared_directory_fsync (const char *dir, GError **error)
-{
-  DirSync *ds = dir_sync_for (dir);
-  int e = 0;
-  g_mutex_lock (&ds->lock);
-  guint64 ticket = ++ds->tickets;
-  while (ds->synced < ticket)
-    {
-      if (ds->failed >= ticket)
-        {
-          e = ds->failed_errno;
-          break;
-        }
-      if (ds->syncing)
-        {
-          g_cond_wait (&ds->done, &ds->lock);
-          continue;
-        }
-      guint64 covered = ds->tickets;
-      ds->syncing = TRUE;
-      g_mutex_unlock (&ds->lock);
-      int round_errno = fsync_directory (dir);
-      g_mutex_lock (&ds->lock);
-      ds->syncing = FALSE;
-      if (round_errno == 0)
-        ds->synced = MAX (ds->synced, covered);
-      else
-        {
-          ds->failed = MAX (ds->failed, covered);
-          ds->failed_errno = round_errno;
-        }
-      g_cond_broadcast (&ds->done);
-    }
-  g_mutex_unlock (&ds->lock);
-  if (e)
-    return set_errno_error (error, e, "fsync", dir);
   return TRUE;
 }
 
@@ -509,10 +416,11 @@ gm_spool_write (const char *state_dir, GmEnvelope *env, const char *header, gsiz
       unlink (incoming);
       return set_errno_error (error, e, "rename to", queued);
     }
-  if (!shared_directory_fsync (queue_dir, error))
+  int e = gm_fsync_directory_shared (queue_dir);
+  if (e)
     {
       unlink (queued);
-      return FALSE;
+      return set_errno_error (error, e, "fsync", queue_dir);
     }
   return TRUE;
 }
@@ -669,7 +577,7 @@ parse_records (const char *data, gsize len, guint64 file_size, GmEnvelope **env_
 {
   Cursor c = { .data = data, .len = len, .file_size = file_size };
   g_autoptr (GmEnvelope) env = gm_envelope_new ();
-  guint64 number;
+  guint64 number = 0;
 
   TRY (next_line (&c, error));
   if (c.line_len != strlen (QUEUE_MAGIC) || memcmp (c.line, QUEUE_MAGIC, c.line_len) != 0)
