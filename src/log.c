@@ -9,6 +9,13 @@
 #include <unistd.h>
 
 static gboolean verbose;
+static GmLogWriter writer;
+
+void
+gm_log_set_writer (GmLogWriter w)
+{
+  writer = w;
+}
 
 void
 gm_log_set_verbose (gboolean v)
@@ -25,6 +32,13 @@ gm_log_verbose (void)
 static void
 log_line (const char *queue_id, const char *fmt, va_list ap)
 {
+  if (writer)
+    {
+      g_autofree char *text = g_strdup_vprintf (fmt, ap);
+      g_autofree char *line = queue_id ? g_strdup_printf ("%s: %s", queue_id, text) : g_strdup (text);
+      writer (line);
+      return;
+    }
   char stamp[64];
   gint64 now = g_get_real_time ();
   time_t secs = now / G_USEC_PER_SEC;

@@ -9,5 +9,10 @@ gboolean gm_log_verbose (void);
  * Safe to call from worker threads: each line is written with one write(2). */
 void gm_log (const char *queue_id, const char *fmt, ...) G_GNUC_PRINTF (2, 3);
 
+/* Send log lines ("QUEUEID: text", without time stamp and process) to WRITER
+ * instead of stderr; NULL restores stderr. For tests. */
+typedef void (*GmLogWriter) (const char *line);
+void gm_log_set_writer (GmLogWriter writer);
+
 /* Debug-level line, printed only when verbose. */
 void gm_debug (const char *queue_id, const char *fmt, ...) G_GNUC_PRINTF (2, 3);

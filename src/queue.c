@@ -54,8 +54,12 @@ deliver_work (gpointer data)
   g_autoptr (GmQueueFile) qf = gm_queue_file_open (gm_config.state_dir, d->id, &error);
   if (!qf)
     {
-      gm_log (d->id, "cannot open queue file: %s", error->message);
       d->corrupt = g_error_matches (error, GM_SPOOL_ERROR, GM_SPOOL_ERROR_CORRUPT);
+      /* A corrupt file is moved to corrupt/ by the next start's recovery;
+       * anything else (EMFILE, ENOMEM, ...) is retried like a failed delivery. */
+      gm_log (d->id, "cannot open queue file: %s%s", error->message,
+              d->corrupt ? " (left for recovery at next start)" : " (will retry)");
+      d->pending = d->corrupt ? 0 : 1;
       return;
     }
   GmEnvelope *env = qf->env;

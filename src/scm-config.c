@@ -144,18 +144,22 @@ set_local_delivery (SCM kind, SCM template)
   else
     throw_config_error ("deliver-local: the mailbox must be (maildir TEMPLATE) or (mbox TEMPLATE)");
   char *text = scm_to_utf8_string (template);
-  g_autofree char *copy = g_strdup (text);
-  free (text);
-  if (!*copy)
-    throw_config_error ("deliver-local: the mailbox template is empty");
-  for (const char *p = copy; *p; p++)
+  const char *problem = !*text ? "deliver-local: the mailbox template is empty" : NULL;
+  for (const char *p = text; *p && !problem; p++)
     if (p[0] == '~' && p[1] != 'a' && p[1] != '~')
-      throw_config_error ("deliver-local: in a mailbox template, ~a stands for the local part and ~~ for ~; no other ~ escape is known");
+      problem = "deliver-local: in a mailbox template, ~a stands for the local part and ~~ for ~; "
+        "no other ~ escape is known";
     else if (p[0] == '~')
       p++;
+  if (problem)
+    {
+      free (text);
+      throw_config_error (problem);
+    }
   gm_config.local_transport = t;
   g_free (gm_config.local_template);
-  gm_config.local_template = g_steal_pointer (&copy);
+  gm_config.local_template = g_strdup (text);
+  free (text);
   return SCM_UNSPECIFIED;
 }
 
@@ -215,11 +219,29 @@ gm_scm_init_config (void)
   scm_c_define_module ("guillemot core", define_core, NULL);
 }
 
+static SCM
+call_loader (void *file)
+{
+  SCM load = scm_c_public_ref ("guillemot config", "load-configuration");
+  return scm_call_1 (load, scm_from_utf8_string (file));
+}
+
+/* An error outside the configuration itself: e.g. (guillemot config) not found. */
+static SCM
+loader_failed (void *file, SCM key, SCM args)
+{
+  SCM port = scm_open_output_string ();
+  scm_print_exception (port, SCM_BOOL_F, key, args);
+  return scm_string_append (scm_list_3 (scm_from_utf8_string ((const char *) file),
+                                        scm_from_utf8_string (": cannot load the configuration: "),
+                                        scm_get_output_string (port)));
+}
+
 gboolean
 gm_scm_load_config (const char *file, GError **error)
 {
-  SCM load = scm_c_public_ref ("guillemot config", "load-configuration");
-  SCM result = scm_call_1 (load, scm_from_utf8_string (file));
+  SCM result = scm_internal_catch (SCM_BOOL_T, call_loader, (void *) file, loader_failed,
+                                   (void *) file);
   if (scm_is_false (result))
     return TRUE;
   char *message = scm_to_utf8_string (result);

@@ -5,6 +5,7 @@
 #include "config.h"
 #include "settings.h"
 
+#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -289,16 +290,24 @@ gm_parse_listen (const char *item, char **host, guint16 *port, GError **error)
     }
   char *end;
   guint64 p = g_ascii_strtoull (colon + 1, &end, 10);
-  if (!**host || !g_ascii_isdigit (colon[1]) || *end || p > 65535)
+  if (!**host || !g_ascii_isdigit (colon[1]) || *end || p == 0 || p > 65535)
     {
       g_clear_pointer (host, g_free);
       goto bad;
+    }
+  guchar addr[16];
+  if (inet_pton (AF_INET, *host, addr) != 1 && inet_pton (AF_INET6, *host, addr) != 1)
+    {
+      g_set_error (error, GM_SETTINGS_ERROR, 0,
+                   "listen: \"%s\": \"%s\" is not a numeric IPv4 or IPv6 address", item, *host);
+      g_clear_pointer (host, g_free);
+      return FALSE;
     }
   *port = (guint16) p;
   return TRUE;
 bad:
   g_set_error (error, GM_SETTINGS_ERROR, 0,
-               "listen: \"%s\" is not HOST:PORT or [IPV6]:PORT with a port from 0 to 65535", item);
+               "listen: \"%s\" is not HOST:PORT or [IPV6]:PORT with a port from 1 to 65535", item);
   return FALSE;
 }
 

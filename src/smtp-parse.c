@@ -87,6 +87,16 @@ valid_address_literal (const char *s, gsize len, const char **reason)
       *reason = "invalid IPv6 address literal";
       return FALSE;
     }
+  if (!inner[0])
+    {
+      *reason = "empty address literal";
+      return FALSE;
+    }
+  if (g_ascii_isdigit (inner[0]) && strchr (inner, ':'))
+    {
+      *reason = "IPv6 address literal needs the IPv6: prefix";
+      return FALSE;
+    }
   if (g_ascii_isdigit (inner[0]))
     {
       if (inet_pton (AF_INET, inner, buf) == 1)
@@ -126,6 +136,11 @@ gm_valid_domain (const char *s, gsize len, const char **reason)
     }
   if (s[0] == '[')
     {
+      if (len == 2 && s[1] == ']')
+        {
+          *reason = "empty address literal";
+          return FALSE;
+        }
       if (len < 3 || s[len - 1] != ']')
         {
           *reason = "unterminated address literal";
@@ -188,9 +203,10 @@ gm_parse_decimal (const char *s, guint64 *value)
   gsize n = 0;
   for (; s[n]; n++)
     {
-      if (!g_ascii_isdigit (s[n]) || n >= 19)
+      guint digit = s[n] - '0';
+      if (!g_ascii_isdigit (s[n]) || n >= 20 || v > (G_MAXUINT64 - digit) / 10)
         return FALSE;
-      v = v * 10 + (s[n] - '0');
+      v = v * 10 + digit;
     }
   if (n == 0)
     return FALSE;
@@ -213,6 +229,12 @@ parse_local_part (const char **pp, const char **reason)
           guchar c = *p;
           if (c == '"')
             break;
+          if (c == '\0')
+            {
+              *reason = "unterminated quoted local part";
+              g_string_free (local, TRUE);
+              return NULL;
+            }
           if (c == '\\')
             {
               p++, raw++;
@@ -371,8 +393,10 @@ parse_params (char *p, GmParam *params, guint *n_params, const char **reason)
 
 gboolean
 gm_parse_path_and_params (char *line, GmPathFlags flags, GmPath *path, GmParam *params,
-                          guint *n_params, const char **reason)
+                          guint *n_params, const char **reason, gboolean *params_failed)
 {
+  if (params_failed)
+    *params_failed = FALSE;
   const char *p = line;
   memset (path, 0, sizeof *path);
   *n_params = 0;
@@ -455,6 +479,8 @@ params:
     }
   if (!parse_params ((char *) p, params, n_params, reason))
     {
+      if (params_failed)
+        *params_failed = TRUE;
       g_free (local);
       g_free (domain);
       return FALSE;

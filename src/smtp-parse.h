@@ -36,13 +36,16 @@ typedef enum
 /* Parse "<path>" at *LINE (after "FROM:" or "TO:"; leading spaces allowed),
  * then the ESMTP parameters. Non-ASCII is accepted here and flagged in
  * path->utf8: whether it is allowed depends on SMTPUTF8, decided by the caller.
- * On failure returns FALSE and sets *REASON to a static English phrase. */
+ * On failure returns FALSE and sets *REASON to a static English phrase, and
+ * *PARAMS_FAILED (when not NULL) to whether the address was fine and the
+ * parameters were not. */
 gboolean gm_parse_path_and_params (char *line, GmPathFlags flags, GmPath *path,
-                                   GmParam *params, guint *n_params, const char **reason);
+                                   GmParam *params, guint *n_params, const char **reason,
+                                   gboolean *params_failed);
 
 /* Dot-atom domain (LDH labels or UTF-8 U-labels) or address literal, as in
  * EHLO and in addresses. */
 gboolean gm_valid_domain (const char *s, gsize len, const char **reason);
 
-/* Is S all digits (at most 20), giving its value? For SIZE= and BDAT. */
+/* Is S 1 to 20 digits whose value fits 64 bits? For SIZE= and BDAT. */
 gboolean gm_parse_decimal (const char *s, guint64 *value);

@@ -133,7 +133,16 @@ gm_session_in_transaction (GmSession *s)
 static void
 reply (GmSession *s, GmReplyKind kind, const char *text)
 {
+  gsize start = s->out->len;
   guint code = gm_reply (s->out, kind, text);
+  if (code >= 400)
+    {
+      /* Postfix-style "reject:" line with the reply as sent (first line). */
+      const char *line = s->out->str + start;
+      gsize len = strcspn (line, "\r");
+      gm_log (NULL, "reject: client=[%s]:%u, reply=%.*s", s->conn.client_address,
+              s->conn.client_port, (int) len, line);
+    }
   if (code == 421)
     {
       s->mode = IN_CLOSED;
@@ -335,9 +344,14 @@ cmd_mail (GmSession *s, char *arg)
   GmParam params[GM_MAX_PARAMS];
   guint n_params;
   const char *reason;
-  if (!gm_parse_path_and_params (arg + 5, GM_PATH_SENDER, &path, params, &n_params, &reason))
+  gboolean params_failed;
+  if (!gm_parse_path_and_params (arg + 5, GM_PATH_SENDER, &path, params, &n_params, &reason,
+                                 &params_failed))
     {
-      replyf (s, GM_REPLY_BAD_SENDER, "Bad sender address syntax: %s", reason);
+      if (params_failed)
+        replyf (s, GM_REPLY_SYNTAX, "Bad parameter syntax: %s", reason);
+      else
+        replyf (s, GM_REPLY_BAD_SENDER, "Bad sender address syntax: %s", reason);
       return;
     }
   gboolean smtputf8 = FALSE;
@@ -433,9 +447,14 @@ cmd_rcpt (GmSession *s, char *arg)
   GmParam params[GM_MAX_PARAMS];
   guint n_params;
   const char *reason;
-  if (!gm_parse_path_and_params (arg + 3, GM_PATH_RECIPIENT, &path, params, &n_params, &reason))
+  gboolean params_failed;
+  if (!gm_parse_path_and_params (arg + 3, GM_PATH_RECIPIENT, &path, params, &n_params, &reason,
+                                 &params_failed))
     {
-      replyf (s, GM_REPLY_BAD_RECIPIENT, "Bad recipient address syntax: %s", reason);
+      if (params_failed)
+        replyf (s, GM_REPLY_SYNTAX, "Bad parameter syntax: %s", reason);
+      else
+        replyf (s, GM_REPLY_BAD_RECIPIENT, "Bad recipient address syntax: %s", reason);
       return;
     }
   g_autofree char *address = gm_path_to_string (&path);
@@ -470,6 +489,13 @@ cmd_rcpt (GmSession *s, char *arg)
       s->rcpt_refused = TRUE;
       goto out;
     }
+  for (guint i = 0; i < s->env->rcpts->len; i++)
+    if (strcmp (((GmSpoolRcpt *) g_ptr_array_index (s->env->rcpts, i))->address, address) == 0)
+      {
+        /* One copy per recipient, as Postfix does: accept, do not add again. */
+        reply (s, GM_REPLY_RCPT_OK, "Ok (duplicate recipient)");
+        goto out;
+      }
   destination = gm_config_local_path (mailbox);
   gm_envelope_add_rcpt (s->env, address, gm_config.local_transport, destination);
   reply (s, GM_REPLY_RCPT_OK, "Ok");
@@ -504,7 +530,7 @@ cmd_data (GmSession *s, char *arg)
       reply (s, GM_REPLY_SYNTAX, "Syntax: DATA");
       return;
     }
-  if (s->bdat_used)
+  if (s->bdat_used || s->chunk_error >= 0)
     {
       reply (s, GM_REPLY_BAD_SEQUENCE, "Error: DATA after BDAT");
       return;
@@ -544,8 +570,8 @@ cmd_bdat (GmSession *s, char *arg)
       : s->rcpt_refused ? GM_REPLY_NO_VALID_RECIPIENTS : GM_REPLY_BAD_SEQUENCE;
   else if (s->size + size > gm_config.max_message_size)
     s->chunk_error = GM_REPLY_TOO_BIG;
-  else if (!s->bdat_used)
-    s->bdat_used = TRUE;
+  if (s->env)
+    s->bdat_used = TRUE;        /* RFC 3030 §3: no DATA in this transaction any more */
 }
 
 static void
@@ -728,7 +754,8 @@ data_line (GmSession *s, const char *p, gsize len, LineEnd end)
   if (proper_start && end == LINE_CRLF && len == 1 && p[0] == '.')
     return TRUE;
   s->size += len + (end == LINE_CRLF ? 2 : end == LINE_LF ? 1 : 0);
-  if (proper_start && len > 0 && p[0] == '.')
+  /* RFC 5321 §4.5.2: a leading dot goes only when other characters follow. */
+  if (proper_start && len > 1 && p[0] == '.')
     p++, len--;
   if (end == LINE_LF)
     s->bare_seen = TRUE;

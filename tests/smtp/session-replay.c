@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "log.h"
 #include "settings.h"
 #include "smtp-reply.h"
 #include "smtp-session.h"
@@ -85,6 +86,13 @@ print_escaped (const char *prefix, const char *p, gsize len, const char *id)
 }
 
 static char last_id[64];
+
+/* Log lines are part of the golden output, without time stamps. */
+static void
+print_log (const char *line)
+{
+  print_escaped ("*** log: ", line, strlen (line), last_id);
+}
 
 static void
 print_output (GmSession *s)
@@ -160,6 +168,7 @@ main (int argc, char **argv)
       perror (argv[1]);
       return 2;
     }
+  gm_log_set_writer (print_log);
   gm_config_reset ();
   g_free (gm_config.hostname);
   gm_config.hostname = g_strdup ("mx.example.test");
