@@ -1,7 +1,8 @@
 /* deliver-local.c — local delivery agents: Maildir and mbox.
  *
  * Maildir follows the Maildir specification (cr.yp.to/proto/maildir.html):
- * write tmp/NAME, fsync, link into new/NAME. NAME is derived from the queue id
+ * write tmp/NAME, fsync, move into new/NAME (rename without replace: the
+ * link-then-unlink of the specification in one step). NAME is derived from the queue id
  * and recipient index, so a delivery repeated after a crash finds its earlier
  * copy and does not duplicate it.
  *
@@ -17,6 +18,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -216,6 +218,24 @@ write_new_file (const char *path, struct iovec *iov, int iovcnt)
   return e;
 }
 
+/* rename(2) that never replaces TO (errno EEXIST then): one directory
+ * operation instead of the link and unlink of the Maildir specification,
+ * with the same guarantee. */
+static int
+move_noreplace (const char *from, const char *to)
+{
+#ifdef RENAME_NOREPLACE
+  if (renameat2 (AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+    return 0;
+  if (errno != EINVAL && errno != ENOSYS)
+    return -1;
+#endif
+  if (link (from, to) < 0)
+    return -1;
+  unlink (from);
+  return 0;
+}
+
 GmDeliveryResult
 gm_deliver_maildir (const char *dir, const GmDeliveryInfo *info, const char *message, gsize len,
                     char **detail)
@@ -279,13 +299,13 @@ gm_deliver_maildir (const char *dir, const GmDeliveryInfo *info, const char *mes
       return fail_errno (detail, e, "maildir", tmp_path);
     }
   /* EEXIST: the same delivery got there first; the content is the same. */
-  if (link (tmp_path, new_path) < 0 && errno != EEXIST)
+  if (move_noreplace (tmp_path, new_path) < 0)
     {
       e = errno;
       unlink (tmp_path);
-      return fail_errno (detail, e, "maildir", new_path);
+      if (e != EEXIST)
+        return fail_errno (detail, e, "maildir", new_path);
     }
-  unlink (tmp_path);
   e = gm_fsync_directory_shared (new_dir);
   if (e)
     return fail_errno (detail, e, "maildir", new_dir);

@@ -147,6 +147,10 @@ int
 main (int argc, char **argv)
 {
   setlocale (LC_ALL, "");
+  /* Dates in headers and numbers in logs follow RFC 5322 and the log format,
+   * not the administrator's language. */
+  setlocale (LC_TIME, "C");
+  setlocale (LC_NUMERIC, "C");
   Invocation inv = { NULL, NULL, g_ptr_array_new (), 0 };
   const char *command_usage = usage;
 

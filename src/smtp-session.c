@@ -296,6 +296,7 @@ valid_helo_name (const char *arg)
 static void
 cmd_helo (GmSession *s, char *arg, gboolean extended)
 {
+  g_strchomp (arg);             /* some clients add trailing spaces */
   if (!*arg || !valid_helo_name (arg))
     {
       replyf (s, GM_REPLY_SYNTAX, "Syntax: %s hostname", extended ? "EHLO" : "HELO");
@@ -554,7 +555,7 @@ cmd_bdat (GmSession *s, char *arg)
       last = g_ascii_strcasecmp (space + 1, "LAST") == 0;
     }
   guint64 size;
-  if (!gm_parse_decimal (arg, &size) || (space && !last))
+  if (!gm_parse_decimal (arg, &size))
     {
       /* The chunk length is unknown: what follows is read as commands. */
       reply (s, GM_REPLY_SYNTAX, "Syntax: BDAT size [LAST]");
@@ -565,7 +566,9 @@ cmd_bdat (GmSession *s, char *arg)
   s->chunk_last = last;
   if (s->chunk_error >= 0)
     return;                     /* the transaction already failed: keep failing */
-  if (!s->env || s->env->rcpts->len == 0)
+  if (space && !last)
+    s->chunk_error = GM_REPLY_SYNTAX;   /* the length is known: skip the chunk */
+  else if (!s->env || s->env->rcpts->len == 0)
     s->chunk_error = !s->env ? GM_REPLY_BAD_SEQUENCE
       : s->rcpt_refused ? GM_REPLY_NO_VALID_RECIPIENTS : GM_REPLY_BAD_SEQUENCE;
   else if (s->size + size > gm_config.max_message_size)
@@ -873,6 +876,8 @@ process_bdat (GmSession *s)
       GmReplyKind kind = s->chunk_error;
       if (kind == GM_REPLY_BAD_SEQUENCE)
         reply (s, kind, !s->env ? "Error: need MAIL command" : "Error: need RCPT command");
+      else if (kind == GM_REPLY_SYNTAX)
+        reply (s, kind, "Syntax: BDAT size [LAST]");
       else
         reply (s, kind, NULL);
       if (s->chunk_last || !s->env)

@@ -1,6 +1,8 @@
 /* spool.h — durable queue files, one per message (DESIGN.md §5).
  *
- * STATE-DIR/spool/{incoming,queue,deferred,hold,corrupt,quarantine}/
+ * STATE-DIR/spool/{incoming,queue,deferred,hold,corrupt,quarantine,free}/
+ * (free/ holds delivered queue files kept for reuse: creating and deleting a
+ * file per message costs more than overwriting one)
  * A queue file is written in incoming/, fsynced, renamed into queue/, and the
  * queue/ directory is fsynced (concurrent writers share that directory fsync).
  * Only then may the server answer 250.

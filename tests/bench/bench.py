@@ -202,9 +202,12 @@ def last_ctime(directory):
 
 
 def files_under(directory):
+    """Files left in the spool, not counting free/ (delivered queue files
+    kept for reuse, removed at the next start)."""
     n = 0
-    for _, _, files in os.walk(directory):
-        n += len(files)
+    for root, _, files in os.walk(directory):
+        if os.path.basename(root) != "free":
+            n += len(files)
     return n
 
 
