@@ -98,37 +98,6 @@ make_directories (const char *path)
   return gm_fsync_directory (parent);
 }
 
-/* Write every byte of IOV, resuming after partial writes. */
-static gboolean
-write_all (int fd, struct iovec *iov, int iovcnt)
-{
-  for (;;)
-    {
-      while (iovcnt > 0 && iov->iov_len == 0)
-        iov++, iovcnt--;
-      if (iovcnt == 0)
-        return TRUE;
-      ssize_t n = writev (fd, iov, iovcnt);
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0)
-        {
-          if (n == 0)
-            errno = EIO;
-          return FALSE;
-        }
-      while (iovcnt > 0 && (size_t) n >= iov->iov_len)
-        {
-          n -= iov->iov_len;
-          iov++, iovcnt--;
-        }
-      if (iovcnt > 0)
-        {
-          iov->iov_base = (char *) iov->iov_base + n;
-          iov->iov_len -= n;
-        }
-    }
-}
 
 static char *
 delivery_headers (const GmDeliveryInfo *info)
@@ -211,29 +180,11 @@ write_new_file (const char *path, struct iovec *iov, int iovcnt)
   if (fd < 0)
     return errno;
   int e = 0;
-  if (!write_all (fd, iov, iovcnt) || fdatasync (fd) < 0)
+  if (!gm_write_all (fd, iov, iovcnt) || fdatasync (fd) < 0)
     e = errno;
   if (close (fd) < 0 && e == 0)
     e = errno;
   return e;
-}
-
-/* rename(2) that never replaces TO (errno EEXIST then): one directory
- * operation instead of the link and unlink of the Maildir specification,
- * with the same guarantee. */
-static int
-move_noreplace (const char *from, const char *to)
-{
-#ifdef RENAME_NOREPLACE
-  if (renameat2 (AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
-    return 0;
-  if (errno != EINVAL && errno != ENOSYS)
-    return -1;
-#endif
-  if (link (from, to) < 0)
-    return -1;
-  unlink (from);
-  return 0;
 }
 
 GmDeliveryResult
@@ -299,7 +250,7 @@ gm_deliver_maildir (const char *dir, const GmDeliveryInfo *info, const char *mes
       return fail_errno (detail, e, "maildir", tmp_path);
     }
   /* EEXIST: the same delivery got there first; the content is the same. */
-  if (move_noreplace (tmp_path, new_path) < 0)
+  if (gm_rename_noreplace (tmp_path, new_path) < 0)
     {
       e = errno;
       unlink (tmp_path);
@@ -486,7 +437,7 @@ append_locked (const char *file, const GString *entry, gint64 deadline, char **d
 
   off_t original_size = st.st_size;
   struct iovec iov = { entry->str, entry->len };
-  if (!write_all (fd, &iov, 1) || fdatasync (fd) < 0)
+  if (!gm_write_all (fd, &iov, 1) || fdatasync (fd) < 0)
     e = errno;
   if (e == 0 && created)
     {

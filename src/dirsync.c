@@ -1,4 +1,4 @@
-/* dirsync.c — durable directory entries.
+/* dirsync.c — durable files: whole writes, safe renames, shared directory fsyncs.
  *
  * After a rename or link into a directory, the new entry is durable only once
  * the directory itself is fsynced. Many threads doing that at once for the
@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <unistd.h>
 
 int
@@ -100,4 +101,50 @@ gm_fsync_directory_shared (const char *dir)
     }
   g_mutex_unlock (&ds->lock);
   return e;
+}
+
+gboolean
+gm_write_all (int fd, struct iovec *iov, int iovcnt)
+{
+  for (;;)
+    {
+      while (iovcnt > 0 && iov->iov_len == 0)
+        iov++, iovcnt--;
+      if (iovcnt == 0)
+        return TRUE;
+      ssize_t n = writev (fd, iov, iovcnt);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        {
+          if (n == 0)
+            errno = EIO;
+          return FALSE;
+        }
+      while (iovcnt > 0 && (size_t) n >= iov->iov_len)
+        {
+          n -= iov->iov_len;
+          iov++, iovcnt--;
+        }
+      if (iovcnt > 0)
+        {
+          iov->iov_base = (char *) iov->iov_base + n;
+          iov->iov_len -= n;
+        }
+    }
+}
+
+int
+gm_rename_noreplace (const char *from, const char *to)
+{
+#ifdef RENAME_NOREPLACE
+  if (renameat2 (AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+    return 0;
+  if (errno != EINVAL && errno != ENOSYS)
+    return -1;
+#endif
+  if (link (from, to) < 0)
+    return -1;
+  unlink (from);
+  return 0;
 }

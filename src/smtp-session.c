@@ -323,6 +323,24 @@ has_prefix_ci (const char *s, const char *prefix)
   return g_ascii_strncasecmp (s, prefix, strlen (prefix)) == 0;
 }
 
+/* The path and parameters of MAIL or RCPT; on failure, answer and return FALSE. */
+static gboolean
+parse_command_path (GmSession *s, char *arg, GmPathFlags flags, GmPath *path, GmParam *params,
+                    guint *n_params)
+{
+  const char *reason;
+  gboolean params_failed;
+  if (gm_parse_path_and_params (arg, flags, path, params, n_params, &reason, &params_failed))
+    return TRUE;
+  if (params_failed)
+    replyf (s, GM_REPLY_SYNTAX, "Bad parameter syntax: %s", reason);
+  else if (flags & GM_PATH_SENDER)
+    replyf (s, GM_REPLY_BAD_SENDER, "Bad sender address syntax: %s", reason);
+  else
+    replyf (s, GM_REPLY_BAD_RECIPIENT, "Bad recipient address syntax: %s", reason);
+  return FALSE;
+}
+
 static void
 cmd_mail (GmSession *s, char *arg)
 {
@@ -344,17 +362,8 @@ cmd_mail (GmSession *s, char *arg)
   GmPath path;
   GmParam params[GM_MAX_PARAMS];
   guint n_params;
-  const char *reason;
-  gboolean params_failed;
-  if (!gm_parse_path_and_params (arg + 5, GM_PATH_SENDER, &path, params, &n_params, &reason,
-                                 &params_failed))
-    {
-      if (params_failed)
-        replyf (s, GM_REPLY_SYNTAX, "Bad parameter syntax: %s", reason);
-      else
-        replyf (s, GM_REPLY_BAD_SENDER, "Bad sender address syntax: %s", reason);
-      return;
-    }
+  if (!parse_command_path (s, arg + 5, GM_PATH_SENDER, &path, params, &n_params))
+    return;
   gboolean smtputf8 = FALSE;
   for (guint i = 0; i < n_params; i++)
     {
@@ -447,17 +456,8 @@ cmd_rcpt (GmSession *s, char *arg)
   GmPath path;
   GmParam params[GM_MAX_PARAMS];
   guint n_params;
-  const char *reason;
-  gboolean params_failed;
-  if (!gm_parse_path_and_params (arg + 3, GM_PATH_RECIPIENT, &path, params, &n_params, &reason,
-                                 &params_failed))
-    {
-      if (params_failed)
-        replyf (s, GM_REPLY_SYNTAX, "Bad parameter syntax: %s", reason);
-      else
-        replyf (s, GM_REPLY_BAD_RECIPIENT, "Bad recipient address syntax: %s", reason);
-      return;
-    }
+  if (!parse_command_path (s, arg + 3, GM_PATH_RECIPIENT, &path, params, &n_params))
+    return;
   g_autofree char *address = gm_path_to_string (&path);
   g_autofree char *mailbox = NULL;
   g_autofree char *destination = NULL;

@@ -196,37 +196,6 @@ spool_path (const char *state_dir, const char *subdir, const char *name)
 }
 
 
-/* Write every byte of IOV, resuming after partial writes. */
-static gboolean
-write_all (int fd, struct iovec *iov, int iovcnt)
-{
-  for (;;)
-    {
-      while (iovcnt > 0 && iov->iov_len == 0)
-        iov++, iovcnt--;
-      if (iovcnt == 0)
-        return TRUE;
-      ssize_t n = writev (fd, iov, iovcnt);
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0)
-        {
-          if (n == 0)
-            errno = EIO;
-          return FALSE;
-        }
-      while (iovcnt > 0 && (size_t) n >= iov->iov_len)
-        {
-          n -= iov->iov_len;
-          iov++, iovcnt--;
-        }
-      if (iovcnt > 0)
-        {
-          iov->iov_base = (char *) iov->iov_base + n;
-          iov->iov_len -= n;
-        }
-    }
-}
 
 /* Read up to COUNT bytes from the start of FD; fewer only at end of file. */
 static gboolean
@@ -245,23 +214,6 @@ read_prefix (int fd, char *buf, gsize count, gsize *got)
       *got += n;
     }
   return TRUE;
-}
-
-/* rename() that never replaces an existing queue file. Returns 0 or -1 with errno. */
-static int
-rename_noreplace (const char *from, const char *to)
-{
-#ifdef RENAME_NOREPLACE
-  if (renameat2 (AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
-    return 0;
-  if (errno != EINVAL && errno != ENOSYS)
-    return -1;
-#endif
-  if (link (from, to) < 0)
-    return -1;
-  /* A leftover in incoming/ is harmless: recovery removes it. */
-  unlink (from);
-  return 0;
 }
 
 gboolean
@@ -457,7 +409,7 @@ write_incoming (int fd, const char *path, gboolean recycled, GString *records,
     { (void *) body, body_len },
   };
   const char *what = "write";
-  gboolean ok = write_all (fd, iov, G_N_ELEMENTS (iov));
+  gboolean ok = gm_write_all (fd, iov, G_N_ELEMENTS (iov));
   /* A recycled file may be longer than this message: cut its old tail. */
   if (ok && recycled && !(ok = ftruncate (fd, records->len + header_len + body_len) == 0))
     what = "truncate";
@@ -502,7 +454,7 @@ gm_spool_write (const char *state_dir, GmEnvelope *env, const char *header, gsiz
     return FALSE;
   if (!write_incoming (fd, incoming, recycled, records, header, header_len, body, body_len, error))
     return FALSE;
-  if (rename_noreplace (incoming, queued) < 0)
+  if (gm_rename_noreplace (incoming, queued) < 0)
     {
       int e = errno;
       unlink (incoming);
@@ -961,7 +913,7 @@ move_to_corrupt (const char *state_dir, const char *name, const char *why, GErro
   g_autofree char *to = spool_path (state_dir, "corrupt", name);
   g_autofree char *shown = printable_name (name);
   /* Keep an earlier corrupt file of the same name: it is evidence. */
-  for (guint n = 1; rename_noreplace (from, to) < 0; n++)
+  for (guint n = 1; gm_rename_noreplace (from, to) < 0; n++)
     {
       if (errno != EEXIST || n > 1000)
         return set_errno_error (error, errno, "move to corrupt/:", from);
