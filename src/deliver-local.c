@@ -176,7 +176,8 @@ find_in_cur (const char *cur, const char *name, gint64 arrival, gboolean *found)
 static int
 write_new_file (const char *path, struct iovec *iov, int iovcnt)
 {
-  int fd = open (path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  /* O_TRUNC: a stale file of that name is what an interrupted attempt left. */
+  int fd = open (path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0)
     return errno;
   int e = 0;
@@ -235,9 +236,6 @@ gm_deliver_maildir (const char *dir, const GmDeliveryInfo *info, const char *mes
       return GM_DELIVERY_OK;
     }
 
-  /* A stale tmp/NAME is what an interrupted attempt left. */
-  if (unlink (tmp_path) < 0 && errno != ENOENT)
-    return fail_errno (detail, errno, "maildir", tmp_path);
   g_autofree char *headers = delivery_headers (info);
   struct iovec iov[] = {
     { headers, strlen (headers) },
