@@ -299,8 +299,11 @@ format_mbox_entry (const GmDeliveryInfo *info, const char *message, gsize len)
   g_autofree char *date = asctime_utc (info->arrival);
   g_autofree char *headers = delivery_headers (info);
   GString *entry = g_string_sized_new (len + len / 32 + 256);
-  g_string_append_printf (entry, "From %s %s\n%s", null_sender ? "MAILER-DAEMON" : info->sender,
-                          date, headers);
+  /* The separator is split on spaces by mail readers: a quoted local part
+   * with spaces ("john doe"@x) gets them replaced there (not in Return-Path:). */
+  g_autofree char *sender = g_strdup (null_sender ? "MAILER-DAEMON" : info->sender);
+  g_strdelimit (sender, " \t", '_');
+  g_string_append_printf (entry, "From %s %s\n%s", sender, date, headers);
   for (gsize pos = 0; pos < len;)
     {
       const char *line = message + pos;

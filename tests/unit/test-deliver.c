@@ -461,6 +461,23 @@ deliver_many (gpointer data)
   return NULL;
 }
 
+/* A quoted local part with spaces must not split the "From " separator. */
+static void
+test_mbox_sender_with_spaces (void)
+{
+  g_autofree char *scratch = make_scratch ();
+  g_autofree char *mbox = g_build_filename (scratch, "bob", NULL);
+  GmDeliveryInfo info = alice_to_bob;
+  info.sender = "\"john doe\"@client.example";
+  g_autofree char *detail = NULL;
+  g_assert_cmpint (gm_deliver_mbox (mbox, &info, bounce, strlen (bounce), &detail), ==,
+                   GM_DELIVERY_OK);
+  g_autofree char *content = read_file (mbox);
+  g_assert_true (g_str_has_prefix (content, "From \"john_doe\"@client.example Wed Nov 25 12:00:00 2026\n"
+                                   "Return-Path: <\"john doe\"@client.example>\n"));
+  remove_tree (scratch);
+}
+
 static void
 test_mbox_concurrent (void)
 {
@@ -517,5 +534,6 @@ main (int argc, char **argv)
   g_test_add_func ("/deliver/mbox/stale-lock", test_mbox_stale_lock);
   g_test_add_func ("/deliver/mbox/busy-lock", test_mbox_busy_lock);
   g_test_add_func ("/deliver/mbox/concurrent", test_mbox_concurrent);
+  g_test_add_func ("/deliver/mbox/sender-with-spaces", test_mbox_sender_with_spaces);
   return g_test_run ();
 }
