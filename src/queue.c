@@ -66,7 +66,11 @@ deliver_work (gpointer data)
   gint64 now = g_get_real_time ();
   gboolean expired = gm_config.max_queue_lifetime > 0
     && now / G_USEC_PER_SEC - env->arrival > (gint64) gm_config.max_queue_lifetime;
-  double delay = now / 1e6 - (double) env->arrival;
+  /* The queue id holds the arrival time to the microsecond; the A record only
+   * to the second. */
+  gint64 arrived = gm_spool_id_time (env->id);
+  if (arrived < 0)
+    arrived = env->arrival * G_USEC_PER_SEC;
   gboolean must_sync = FALSE;
 
   d->pending = 0;
@@ -96,7 +100,8 @@ deliver_work (gpointer data)
         }
       const char *status = result == GM_DELIVERY_OK ? "sent"
         : result == GM_DELIVERY_TEMPFAIL ? "deferred" : "bounced";
-      gm_log (env->id, "to=<%s>, relay=%s, delay=%.2f, status=%s (%s%s%s)", r->address,
+      double delay = MAX (0, g_get_real_time () - arrived) / 1e6;
+      gm_log (env->id, "to=<%s>, relay=%s, delay=%.3f, status=%s (%s%s%s)", r->address,
               transport_name (r->transport), delay, status,
               result == GM_DELIVERY_OK ? "delivered to " : "",
               result == GM_DELIVERY_OK ? r->destination : "", detail ? detail : "");

@@ -171,6 +171,14 @@ gm_spool_new_id (void)
   return g_strdup_printf ("%0" G_STRINGIFY (ID_DIGITS) G_GINT64_MODIFIER "X", (guint64) id);
 }
 
+gint64
+gm_spool_id_time (const char *id)
+{
+  if (!id_is_valid (id))
+    return -1;
+  return (gint64) g_ascii_strtoull (id, NULL, 16);
+}
+
 /* An id found on disk: later ids must sort after it even if the clock went back
  * since it was made. */
 static void

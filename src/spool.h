@@ -78,6 +78,9 @@ gboolean gm_spool_init (const char *state_dir, GError **error);
 
 /* A new queue id: unique in this spool, fixed width, sorting by arrival. Thread-safe. */
 char *gm_spool_new_id (void);
+/* The time an id was made, in microseconds since the epoch (ids are that
+ * time in hexadecimal, made strictly increasing), or -1 for a malformed id. */
+gint64 gm_spool_id_time (const char *id);
 
 /* Write ENV plus the message (HEADER then BODY, concatenated) durably into
  * queue/ENV->id. Fills each recipient's status_offset. Thread-safe. On failure

@@ -262,8 +262,7 @@ def log_time(stamp):
 def analyse_log(path):
     """Returns (latencies, unexpected lines, counts by kind). A latency is the
     time from the message's "client=" line (queued) to its "status=sent" line,
-    from the log's own timestamps: the delay= field counts from an arrival time
-    kept in whole seconds, too coarse here."""
+    from the log's own timestamps, the same clock for both ends."""
     latencies, odd, kinds, queued = [], [], {}, {}
     with open(path, errors="replace") as f:
         for raw in f:
