@@ -6,7 +6,9 @@
 ;;; deliver-local.
 
 (define-module (guillemot)
+  #:use-module (srfi srfi-1)
   #:use-module (srfi srfi-9)
+  #:use-module (ice-9 match)
   #:export (define-server
             local-domains
             deliver-local
@@ -14,7 +16,18 @@
             mbox
             mailbox?
             mailbox-kind
-            mailbox-template))
+            mailbox-template
+            ;; Policy rules (stages connect, helo, mail, rcpt, data); rule and
+            ;; accept are in #:replace below.
+            next reject defer discard
+            verdict?
+            client-address client-port local-address local-port
+            helo-name esmtp? sender recipients queue-id message-size
+            session-ref session-set!
+            header-ref header-add! header-remove!
+            log-message)
+  ;; Guile's core has a socket procedure named accept: here it is the verdict.
+  #:replace (accept rule))
 
 ;; The C primitives live in (guillemot core), created by the server before
 ;; any configuration is read; look them up when called, so that this module
@@ -89,3 +102,204 @@ local part (lower-cased).  A relative path is under the state directory."
     (config-error "deliver-local: expected (maildir TEMPLATE) or (mbox TEMPLATE), got ~s"
                   mailbox))
   ((core '%set-local-delivery!) (mailbox-kind mailbox) (mailbox-template mailbox)))
+
+
+;;;
+;;; Policy rules.
+;;;
+;;; (rule STAGE NAME PROC) attaches PROC to STAGE.  The rules of a stage run
+;;; in file order; the first verdict other than (next) decides.  A rule that
+;;; raises an error, or returns something that is not a verdict, is logged
+;;; with its name and where it was defined, and the client gets
+;;; 451 4.3.0: mail is never accepted or dropped because a rule broke.
+
+(define stage-arities
+  ;; stage -> the arguments its procedures take
+  '((connect . 1) (helo . 2) (mail . 2) (rcpt . 2) (data . 2)))
+
+(define-record-type <rule>
+  (make-rule stage name proc where)
+  rule?
+  (stage rule-stage)
+  (name rule-name)
+  (proc rule-proc)
+  (where rule-where))
+
+(define rules '())                      ; in file order, all stages
+
+(define (%reset-rules!)
+  (set! rules '()))
+
+(define (%rule-stages)
+  "The stages that have at least one rule."
+  (delete-duplicates (map rule-stage rules)))
+
+(define (accepts-arguments? proc n)
+  (match (procedure-minimum-arity proc)
+    ((req opt rest?) (and (<= req n) (or rest? (>= (+ req opt) n))))
+    (_ #t)))
+
+(define (add-rule! stage name proc where)
+  (let ((arity (assq-ref stage-arities stage)))
+    (unless arity
+      (config-error "rule: unknown stage ~a (known: ~a)" stage
+                    (string-join (map (compose symbol->string car) stage-arities) ", ")))
+    (unless (string? name)
+      (config-error "rule ~a: the name must be a string, got ~s" stage name))
+    (unless (procedure? proc)
+      (config-error "rule ~a ~s: expected a procedure, got ~s" stage name proc))
+    (unless (accepts-arguments? proc arity)
+      (config-error "rule ~a ~s: the procedure must take ~a argument~a (~a)" stage name arity
+                    (if (= arity 1) "" "s")
+                    (if (= arity 1) "session" "session and the stage's value")))
+    (set! rules (append rules (list (make-rule stage name proc where))))))
+
+(define-syntax rule
+  (lambda (form)
+    (syntax-case form ()
+      ((_ stage name proc)
+       (identifier? #'stage)
+       (let* ((src (syntax-source form))
+              (where (and src (assq-ref src 'filename)
+                          (format #f "~a:~a" (assq-ref src 'filename)
+                                  (1+ (or (assq-ref src 'line) 0))))))
+         #`(add-rule! 'stage name proc #,where))))))
+
+;;; Verdicts.
+
+(define-record-type <verdict>
+  (make-verdict kind code text)
+  verdict?
+  (kind verdict-kind)
+  (code verdict-code)
+  (text verdict-text))
+
+(define %next (make-verdict 'next #f #f))
+(define %accept (make-verdict 'accept #f #f))
+(define %discard (make-verdict 'discard #f #f))
+
+(define (next)
+  "No decision: the next rule of the stage runs, then the built-in behaviour."
+  %next)
+
+(define (accept)
+  "Skip the remaining rules of this stage."
+  %accept)
+
+(define (discard)
+  "Accept the message, then drop it (logged)."
+  %discard)
+
+(define (check-reply who class code text)
+  (unless (and (integer? code) (exact? code) (= (quotient code 100) class))
+    (error (format #f "~a: the code must be a ~ax integer, got ~s" who class code)))
+  (unless (string? text)
+    (error (format #f "~a: the text must be a string, got ~s" who text)))
+  (when (or (string-index text #\return) (string-index text #\newline))
+    (error (format #f "~a: the text must not contain CR or LF: ~s" who text))))
+
+(define (reject code text)
+  "Refuse with a 5xx CODE and TEXT, which may start with an enhanced status
+code: (reject 550 \"5.7.1 Not here\")."
+  (check-reply 'reject 5 code text)
+  (make-verdict 'reject code text))
+
+(define (defer code text)
+  "Refuse for now with a 4xx CODE and TEXT: (defer 450 \"4.7.1 Try later\")."
+  (check-reply 'defer 4 code text)
+  (make-verdict 'defer code text))
+
+;;; The session as rules see it: facts given by the server at each stage,
+;;; and variables that live as long as the connection.
+
+(define-record-type <session>
+  (make-session facts vars message)
+  session?
+  (facts session-facts)
+  (vars session-vars)
+  (message session-message))
+
+(define (fact s key) (assq-ref (session-facts s) key))
+(define (client-address s) "The client's IP address, as text." (fact s 'client-address))
+(define (client-port s) "The client's TCP port." (fact s 'client-port))
+(define (local-address s) "The address the client connected to." (fact s 'local-address))
+(define (local-port s) "The port the client connected to." (fact s 'local-port))
+(define (helo-name s) "The HELO or EHLO name, or #f before it." (fact s 'helo))
+(define (esmtp? s) "Did the client say EHLO?" (fact s 'esmtp))
+(define (sender s) "The envelope sender (\"\" for <>), or #f before MAIL." (fact s 'sender))
+(define (recipients s) "The recipients accepted so far." (or (fact s 'recipients) '()))
+(define (queue-id s) "The queue id, in the data stage; #f before." (fact s 'queue-id))
+(define (message-size s) "The message size in bytes, in the data stage." (fact s 'size))
+
+(define (session-ref s key . default)
+  "A per-connection variable set by an earlier rule, or DEFAULT (#f)."
+  (hash-ref (session-vars s) key (if (null? default) #f (car default))))
+
+(define (session-set! s key value)
+  "Set a per-connection variable that later rules can read."
+  (hash-set! (session-vars s) key value))
+
+;;; Headers, in the data stage.  The message object is valid only while the
+;;; data rules run.
+
+(define (headers-of msg)
+  ((core '%message-headers) msg))
+
+(define (header-ref msg name)
+  "All values of the header NAME (case-insensitive), in order; '() if none."
+  (filter-map (lambda (h) (and (string-ci=? (car h) name) (cdr h))) (headers-of msg)))
+
+(define (check-header who name value)
+  (unless (and (string? name) (positive? (string-length name))
+               (string-every (lambda (c) (and (char<? #\space c #\del) (not (char=? c #\:)))) name))
+    (error (format #f "~a: invalid header name ~s" who name)))
+  (unless (and (string? value) (not (string-index value #\nul)))
+    (error (format #f "~a: the value must be a string, got ~s" who value))))
+
+(define* (header-add! msg name value #:key (position 'top))
+  "Add the header NAME: VALUE, at the top (default) or the bottom of the header
+section (#:position 'bottom).  A VALUE with line breaks must fold them (each
+continuation line starting with a space or tab)."
+  (check-header 'header-add! name value)
+  ((core '%message-add-header!) msg name value (eq? position 'bottom)))
+
+(define (header-remove! msg name)
+  "Remove every header NAME (case-insensitive); returns how many."
+  ((core '%message-remove-header!) msg name))
+
+(define (log-message s fmt . args)
+  "Write a line to the server's log, with the queue id when there is one."
+  ((core '%log) (and s (queue-id s)) (apply format #f fmt args)))
+
+;;; Running a stage (called by the server).
+
+(define (describe-error key args)
+  (string-trim-right
+   (call-with-output-string (lambda (port) (print-exception port #f key args)))))
+
+(define (%run-stage stage facts vars message args)
+  "Run the rules of STAGE.  Returns (KIND CODE TEXT)."
+  (let ((session (make-session facts vars message)))
+    (let loop ((rs rules))
+      (cond
+       ((null? rs) '(next #f #f))
+       ((not (eq? (rule-stage (car rs)) stage)) (loop (cdr rs)))
+       (else
+        (let* ((r (car rs))
+               (v (catch #t
+                    (lambda () (apply (rule-proc r) session args))
+                    (lambda (key . err)
+                      ((core '%log) (fact session 'queue-id)
+                       (format #f "policy error: rule ~s (~a~a) failed: ~a" (rule-name r) stage
+                               (if (rule-where r) (string-append ", " (rule-where r)) "")
+                               (describe-error key err)))
+                      'failed))))
+          (cond
+           ((eq? v 'failed) '(defer 451 "4.3.0 Temporary policy failure"))
+           ((not (verdict? v))
+            ((core '%log) (fact session 'queue-id)
+             (format #f "policy error: rule ~s (~a~a) returned ~s, not a verdict" (rule-name r) stage
+                     (if (rule-where r) (string-append ", " (rule-where r)) "") v))
+            '(defer 451 "4.3.0 Temporary policy failure"))
+           ((eq? (verdict-kind v) 'next) (loop (cdr rs)))
+           (else (list (verdict-kind v) (verdict-code v) (verdict-text v))))))))))

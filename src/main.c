@@ -13,6 +13,7 @@
 #include <sys/resource.h>
 
 #include "log.h"
+#include "policy.h"
 #include "queue.h"
 #include "scm-config.h"
 #include "server.h"
@@ -133,6 +134,7 @@ run_with_guile (void *data)
       inv->status = 1;
       return NULL;
     }
+  gm_policy_init ();
   if (strcmp (inv->command, "check-config") == 0)
     {
       printf ("%s: configuration is valid\n", inv->config_file);

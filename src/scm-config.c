@@ -9,6 +9,7 @@
 #include <string.h>
 #include <gio/gio.h>
 
+#include "policy.h"
 #include "settings.h"
 
 static SCM config_error_key;
@@ -198,6 +199,7 @@ define_core (void *unused)
                           primitives[i].fn);
       scm_c_export (primitives[i].name, NULL);
     }
+  gm_policy_define_primitives ();
 }
 
 static void

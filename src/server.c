@@ -17,6 +17,7 @@
 #include <gio/gio.h>
 
 #include "log.h"
+#include "policy.h"
 #include "queue.h"
 #include "settings.h"
 #include "smtp-reply.h"
@@ -231,6 +232,7 @@ conn_close (Conn *c)
     g_hash_table_insert (per_client, g_strdup (c->client), GUINT_TO_POINTER (n - 1));
   g_autofree char *summary = gm_session_summary (c->session);
   gm_log (NULL, "disconnect from [%s]:%u %s", c->client, c->client_port, summary);
+  gm_policy_forget (c->session);
   gm_session_free (c->session);
   g_free (c);
   if (shutting_down && g_queue_is_empty (&conns))
@@ -294,6 +296,14 @@ spool_done (gpointer data)
 static void
 conn_act (Conn *c, GmSessionAction action)
 {
+  /* Rules run synchronously for now: each verdict may lead to the next stage. */
+  while (action == GM_SESSION_POLICY)
+    {
+      GmVerdict v = { 0 };
+      gm_policy_run (c->session, &v);
+      action = gm_session_policy_done (c->session, &v);
+      gm_verdict_clear (&v);
+    }
   if (action == GM_SESSION_SPOOL)
     {
       SpoolJob *job = g_new0 (SpoolJob, 1);
@@ -386,8 +396,8 @@ on_accept (gint lfd, GIOCondition cond, gpointer data)
       g_source_attach (c->source, NULL);
       g_queue_push_tail_link (&conns, &c->link);
       gm_log (NULL, "connect from [%s]:%u to [%s]:%u", client, client_port, local_text, local_port);
-      gm_session_greet (c->session);
-      conn_settle (c);
+      gm_session_set_policy (c->session, gm_policy_stage_mask ());
+      conn_act (c, gm_session_greet (c->session));
     }
   return G_SOURCE_CONTINUE;
 }

@@ -57,20 +57,16 @@ gm_reply_code (GmReplyKind kind)
   return replies[kind].code;
 }
 
-guint
-gm_reply (GString *out, GmReplyKind kind, const char *text)
+void
+gm_reply_with_code (GString *out, guint code, const char *esc, const char *text)
 {
-  g_return_val_if_fail (kind < GM_REPLY_N_KINDS, 0);
-  const ReplyRow *row = &replies[kind];
-  if (!text)
-    text = row->text;
   for (;;)
     {
       const char *nl = strchr (text, '\n');
       gsize len = nl ? (gsize) (nl - text) : strlen (text);
-      g_string_append_printf (out, "%u%c", row->code, nl ? '-' : ' ');
-      if (row->esc)
-        g_string_append_printf (out, "%s ", row->esc);
+      g_string_append_printf (out, "%u%c", code, nl ? '-' : ' ');
+      if (esc)
+        g_string_append_printf (out, "%s ", esc);
       /* Never let CR or LF from an argument split the reply. */
       for (gsize i = 0; i < len; i++)
         g_string_append_c (out, text[i] == '\r' ? ' ' : text[i]);
@@ -79,6 +75,14 @@ gm_reply (GString *out, GmReplyKind kind, const char *text)
         break;
       text = nl + 1;
     }
+}
+
+guint
+gm_reply (GString *out, GmReplyKind kind, const char *text)
+{
+  g_return_val_if_fail (kind < GM_REPLY_N_KINDS, 0);
+  const ReplyRow *row = &replies[kind];
+  gm_reply_with_code (out, row->code, row->esc, text ? text : row->text);
   return row->code;
 }
 

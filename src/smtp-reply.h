@@ -46,3 +46,7 @@ typedef enum
 guint gm_reply (GString *out, GmReplyKind kind, const char *text);
 guint gm_reply_printf (GString *out, GmReplyKind kind, const char *fmt, ...) G_GNUC_PRINTF (3, 4);
 guint gm_reply_code (GmReplyKind kind);
+
+/* A reply whose code and enhanced status code (ESC, may be NULL) come from
+ * elsewhere: a policy verdict, already validated (gm_verdict_check). */
+void gm_reply_with_code (GString *out, guint code, const char *esc, const char *text);

@@ -26,6 +26,7 @@ typedef enum
   IN_DATA,
   IN_BDAT,
   IN_SPOOLING,                  /* waiting for gm_session_spooled() */
+  IN_POLICY,                    /* waiting for gm_session_policy_done() */
   IN_CLOSED,
 } InputMode;
 
@@ -65,6 +66,15 @@ struct GmSession
   gboolean line_start;
   gboolean prev_crlf;
 
+  /* Policy: the stages that have rules, and the request outstanding. */
+  guint policy_stages;          /* bit (1 << GmStage) */
+  GmStage stage;
+  char *stage_arg;              /* HELO name, sender or recipient, as given to the rules */
+  gboolean stage_extended;      /* HELO stage: EHLO */
+  gboolean stage_smtputf8;      /* MAIL stage: SMTPUTF8 given */
+  GmPath stage_path;            /* RCPT stage */
+  gboolean discard;             /* a rule said discard: accept, then drop */
+
   /* BDAT chunk state. */
   guint64 chunk_left;
   gboolean chunk_last;
@@ -103,6 +113,8 @@ gm_session_free (GmSession *s)
   g_string_free (s->header, TRUE);
   g_string_free (s->body, TRUE);
   g_free (s->helo);
+  g_free (s->stage_arg);
+  gm_path_clear (&s->stage_path);
   if (s->env)
     gm_envelope_free (s->env);
   g_free (s);
@@ -112,6 +124,42 @@ GString *
 gm_session_output (GmSession *s)
 {
   return s->out;
+}
+
+const GmConnInfo *
+gm_session_conn (GmSession *s)
+{
+  return &s->conn;
+}
+
+const char *
+gm_session_helo (GmSession *s)
+{
+  return s->helo;
+}
+
+gboolean
+gm_session_esmtp (GmSession *s)
+{
+  return s->esmtp;
+}
+
+const GmEnvelope *
+gm_session_envelope (GmSession *s)
+{
+  return s->env;
+}
+
+guint64
+gm_session_size (GmSession *s)
+{
+  return s->size;
+}
+
+GString *
+gm_session_body (GmSession *s)
+{
+  return s->body;
 }
 
 gboolean
@@ -130,11 +178,29 @@ gm_session_in_transaction (GmSession *s)
 
 /* Every reply goes through here: counts client errors and ends the session
  * when there are too many. */
+static void replied (GmSession *s, gsize start, guint code, gboolean client_error);
+
 static void
 reply (GmSession *s, GmReplyKind kind, const char *text)
 {
   gsize start = s->out->len;
   guint code = gm_reply (s->out, kind, text);
+  replied (s, start, code, code >= 500 || kind == GM_REPLY_TOO_MANY_RECIPIENTS);
+}
+
+/* A reply decided by a policy rule. Its rejections count as errors too. */
+static void
+reply_verdict (GmSession *s, const GmVerdict *v)
+{
+  gsize start = s->out->len;
+  gm_reply_with_code (s->out, v->code, v->esc, v->text);
+  replied (s, start, v->code, v->code >= 500);
+}
+
+/* After any reply: log refusals, close on 421, count client errors. */
+static void
+replied (GmSession *s, gsize start, guint code, gboolean client_error)
+{
   if (code >= 400)
     {
       /* Postfix-style "reject:" line with the reply as sent (first line). */
@@ -148,7 +214,7 @@ reply (GmSession *s, GmReplyKind kind, const char *text)
       s->mode = IN_CLOSED;
       return;
     }
-  if (code >= 500 || kind == GM_REPLY_TOO_MANY_RECIPIENTS)
+  if (client_error)
     {
       s->errors++;
       if (s->errors >= gm_config.max_errors)
@@ -172,9 +238,46 @@ replyf (GmSession *s, GmReplyKind kind, const char *fmt, ...)
 }
 
 void
-gm_session_greet (GmSession *s)
+gm_session_set_policy (GmSession *s, guint stage_mask)
+{
+  s->policy_stages = stage_mask;
+}
+
+/* Raise a policy request for STAGE when it has rules: the session then waits
+ * for gm_session_policy_done(). ARG is what the rules get (copied). */
+static gboolean
+ask_policy (GmSession *s, GmStage stage, const char *arg)
+{
+  if (!(s->policy_stages & (1u << stage)))
+    return FALSE;
+  s->stage = stage;
+  g_free (s->stage_arg);
+  s->stage_arg = g_strdup (arg);
+  s->mode = IN_POLICY;
+  return TRUE;
+}
+
+GmStage
+gm_session_policy_stage (GmSession *s, const char **arg)
+{
+  g_return_val_if_fail (s->mode == IN_POLICY, GM_STAGE_CONNECT);
+  *arg = s->stage_arg;
+  return s->stage;
+}
+
+static void
+proceed_greeting (GmSession *s)
 {
   replyf (s, GM_REPLY_GREETING, "%s ESMTP Guillemot", gm_config.hostname);
+}
+
+GmSessionAction
+gm_session_greet (GmSession *s)
+{
+  if (ask_policy (s, GM_STAGE_CONNECT, s->conn.client_address))
+    return GM_SESSION_POLICY;
+  proceed_greeting (s);
+  return GM_SESSION_WANT_INPUT;
 }
 
 GmSessionAction
@@ -203,6 +306,7 @@ reset_transaction (GmSession *s)
   s->bare_seen = FALSE;
   s->pending_cr = FALSE;
   s->chunk_error = -1;
+  s->discard = FALSE;
   g_string_truncate (s->header, 0);
   /* Keep the body buffer for the next message unless it grew large. */
   if (s->body->allocated_len > 1024 * 1024)
@@ -240,6 +344,8 @@ build_received (GmSession *s)
   g_string_append_printf (s->header, "; %s\n", date);
 }
 
+static GmSessionAction proceed_data (GmSession *s);
+
 /* The message is complete: answer an error or hand it to the spool. */
 static GmSessionAction
 finish_message (GmSession *s)
@@ -262,6 +368,25 @@ finish_message (GmSession *s)
   s->env->id = gm_spool_new_id ();
   s->env->arrival = g_get_real_time () / G_USEC_PER_SEC;
   s->env->protocol = g_strdup (protocol_name (s));
+  if (ask_policy (s, GM_STAGE_DATA, s->env->id))
+    return GM_SESSION_POLICY;
+  return proceed_data (s);
+}
+
+/* After the data rules: spool, or drop when a rule said discard. */
+static GmSessionAction
+proceed_data (GmSession *s)
+{
+  if (s->discard)
+    {
+      replyf (s, GM_REPLY_QUEUED, "Ok: queued as %s", s->env->id);
+      gm_log (s->env->id, "discarded by policy: client=[%s]:%u, from=<%s>, size=%" G_GUINT64_FORMAT
+              ", nrcpt=%u", s->conn.client_address, s->conn.client_port, s->env->sender, s->size,
+              s->env->rcpts->len);
+      reset_transaction (s);
+      s->mode = IN_COMMAND;
+      return GM_SESSION_WANT_INPUT;
+    }
   build_received (s);
   s->mode = IN_SPOOLING;
   return GM_SESSION_SPOOL;
@@ -270,7 +395,7 @@ finish_message (GmSession *s)
 void
 gm_session_message (GmSession *s, GmEnvelope **env, const GString **header, const GString **body)
 {
-  g_return_if_fail (s->mode == IN_SPOOLING);
+  g_return_if_fail (s->mode == IN_SPOOLING || (s->mode == IN_POLICY && s->stage == GM_STAGE_DATA));
   *env = s->env;
   *header = s->header;
   *body = s->body;
@@ -293,6 +418,8 @@ valid_helo_name (const char *arg)
   return TRUE;
 }
 
+static void proceed_helo (GmSession *s, const char *name, gboolean extended);
+
 static void
 cmd_helo (GmSession *s, char *arg, gboolean extended)
 {
@@ -302,9 +429,19 @@ cmd_helo (GmSession *s, char *arg, gboolean extended)
       replyf (s, GM_REPLY_SYNTAX, "Syntax: %s hostname", extended ? "EHLO" : "HELO");
       return;
     }
+  s->stage_extended = extended;
+  if (ask_policy (s, GM_STAGE_HELO, arg))
+    return;
+  proceed_helo (s, arg, extended);
+}
+
+static void
+proceed_helo (GmSession *s, const char *name, gboolean extended)
+{
   reset_transaction (s);
+  char *copy = g_strdup (name);
   g_free (s->helo);
-  s->helo = g_strdup (arg);
+  s->helo = copy;
   s->esmtp = extended;
   if (!extended)
     {
@@ -340,6 +477,8 @@ parse_command_path (GmSession *s, char *arg, GmPathFlags flags, GmPath *path, Gm
     replyf (s, GM_REPLY_BAD_RECIPIENT, "Bad recipient address syntax: %s", reason);
   return FALSE;
 }
+
+static void proceed_mail (GmSession *s, const char *sender, gboolean smtputf8);
 
 static void
 cmd_mail (GmSession *s, char *arg)
@@ -409,14 +548,25 @@ cmd_mail (GmSession *s, char *arg)
       reply (s, GM_REPLY_NON_ASCII_ADDRESS, NULL);
       goto out;
     }
+  {
+    g_autofree char *sender = gm_path_to_string (&path);
+    s->stage_smtputf8 = smtputf8;
+    if (!ask_policy (s, GM_STAGE_MAIL, sender))
+      proceed_mail (s, sender, smtputf8);
+  }
+out:
+  gm_path_clear (&path);
+}
+
+static void
+proceed_mail (GmSession *s, const char *sender, gboolean smtputf8)
+{
   s->env = gm_envelope_new ();
   s->env->client = g_strdup (s->conn.client_address);
   s->env->helo = g_strdup (s->helo);
-  s->env->sender = gm_path_to_string (&path);
+  s->env->sender = g_strdup (sender);
   s->smtputf8 = smtputf8;
   reply (s, GM_REPLY_SENDER_OK, "Ok");
-out:
-  gm_path_clear (&path);
 }
 
 /* A local part becomes a directory or file name: refuse what could escape. */
@@ -440,6 +590,37 @@ is_local_domain (const char *domain)
   return FALSE;
 }
 
+/* After the RCPT checks and rules: routing, then the recipient is added. */
+static void
+proceed_rcpt (GmSession *s, const GmPath *path)
+{
+  g_autofree char *address = gm_path_to_string (path);
+  if (path->domain && !is_local_domain (path->domain))
+    {
+      replyf (s, GM_REPLY_RELAY_DENIED, "<%s>: Relay access denied", address);
+      s->rcpt_refused = TRUE;
+      return;
+    }
+  g_autofree char *mailbox = mailbox_name (path->local);
+  if (!mailbox)
+    {
+      replyf (s, GM_REPLY_NO_SUCH_MAILBOX,
+              "<%s>: Recipient address rejected: local part not usable as a mailbox name", address);
+      s->rcpt_refused = TRUE;
+      return;
+    }
+  for (guint i = 0; i < s->env->rcpts->len; i++)
+    if (strcmp (((GmSpoolRcpt *) g_ptr_array_index (s->env->rcpts, i))->address, address) == 0)
+      {
+        /* One copy per recipient, as Postfix does: accept, do not add again. */
+        reply (s, GM_REPLY_RCPT_OK, "Ok (duplicate recipient)");
+        return;
+      }
+  g_autofree char *destination = gm_config_local_path (mailbox);
+  gm_envelope_add_rcpt (s->env, address, gm_config.local_transport, destination);
+  reply (s, GM_REPLY_RCPT_OK, "Ok");
+}
+
 static void
 cmd_rcpt (GmSession *s, char *arg)
 {
@@ -458,49 +639,23 @@ cmd_rcpt (GmSession *s, char *arg)
   guint n_params;
   if (!parse_command_path (s, arg + 3, GM_PATH_RECIPIENT, &path, params, &n_params))
     return;
-  g_autofree char *address = gm_path_to_string (&path);
-  g_autofree char *mailbox = NULL;
-  g_autofree char *destination = NULL;
   if (n_params > 0)
+    replyf (s, GM_REPLY_BAD_PARAMETER, "Unsupported parameter: %s", params[0].keyword);
+  else if (path.utf8 && !s->smtputf8)
+    reply (s, GM_REPLY_NON_ASCII_ADDRESS, NULL);
+  else if (s->env->rcpts->len >= gm_config.max_recipients)
+    reply (s, GM_REPLY_TOO_MANY_RECIPIENTS, NULL);
+  else
     {
-      replyf (s, GM_REPLY_BAD_PARAMETER, "Unsupported parameter: %s", params[0].keyword);
-      goto out;
+      g_autofree char *address = gm_path_to_string (&path);
+      if (ask_policy (s, GM_STAGE_RCPT, address))
+        {
+          gm_path_clear (&s->stage_path);
+          s->stage_path = path;         /* kept until the verdict */
+          return;
+        }
+      proceed_rcpt (s, &path);
     }
-  if (path.utf8 && !s->smtputf8)
-    {
-      reply (s, GM_REPLY_NON_ASCII_ADDRESS, NULL);
-      goto out;
-    }
-  if (s->env->rcpts->len >= gm_config.max_recipients)
-    {
-      reply (s, GM_REPLY_TOO_MANY_RECIPIENTS, NULL);
-      goto out;
-    }
-  if (path.domain && !is_local_domain (path.domain))
-    {
-      replyf (s, GM_REPLY_RELAY_DENIED, "<%s>: Relay access denied", address);
-      s->rcpt_refused = TRUE;
-      goto out;
-    }
-  mailbox = mailbox_name (path.local);
-  if (!mailbox)
-    {
-      replyf (s, GM_REPLY_NO_SUCH_MAILBOX,
-              "<%s>: Recipient address rejected: local part not usable as a mailbox name", address);
-      s->rcpt_refused = TRUE;
-      goto out;
-    }
-  for (guint i = 0; i < s->env->rcpts->len; i++)
-    if (strcmp (((GmSpoolRcpt *) g_ptr_array_index (s->env->rcpts, i))->address, address) == 0)
-      {
-        /* One copy per recipient, as Postfix does: accept, do not add again. */
-        reply (s, GM_REPLY_RCPT_OK, "Ok (duplicate recipient)");
-        goto out;
-      }
-  destination = gm_config_local_path (mailbox);
-  gm_envelope_add_rcpt (s->env, address, gm_config.local_transport, destination);
-  reply (s, GM_REPLY_RCPT_OK, "Ok");
-out:
   gm_path_clear (&path);
 }
 
@@ -918,7 +1073,8 @@ process (GmSession *s)
           if (process_bdat (s))
             action = finish_message (s);
         }
-      if (action != GM_SESSION_WANT_INPUT || s->mode == IN_CLOSED || s->mode == IN_SPOOLING)
+      if (action != GM_SESSION_WANT_INPUT || s->mode == IN_CLOSED || s->mode == IN_SPOOLING
+          || s->mode == IN_POLICY)
         break;
       if (s->in_pos == before && s->mode == mode)
         break;                  /* needs more input */
@@ -931,6 +1087,8 @@ process (GmSession *s)
     }
   if (s->mode == IN_CLOSED)
     return GM_SESSION_CLOSE;
+  if (s->mode == IN_POLICY)
+    return GM_SESSION_POLICY;
   return action;
 }
 
@@ -940,7 +1098,7 @@ gm_session_feed (GmSession *s, const char *data, gsize len)
   if (s->mode == IN_CLOSED)
     return GM_SESSION_CLOSE;
   g_string_append_len (s->in, data, len);
-  if (s->mode == IN_SPOOLING)
+  if (s->mode == IN_SPOOLING || s->mode == IN_POLICY)
     return GM_SESSION_WANT_INPUT;
   return process (s);
 }
@@ -967,5 +1125,65 @@ gm_session_spooled (GmSession *s, const GError *error)
   if (s->mode == IN_CLOSED)
     return GM_SESSION_CLOSE;
   s->mode = IN_COMMAND;
+  return process (s);
+}
+
+GmSessionAction
+gm_session_policy_done (GmSession *s, const GmVerdict *v)
+{
+  g_return_val_if_fail (s->mode == IN_POLICY, GM_SESSION_CLOSE);
+  GmStage stage = s->stage;
+  gboolean proceed = v->kind == GM_VERDICT_NEXT || v->kind == GM_VERDICT_ACCEPT
+    || v->kind == GM_VERDICT_DISCARD;
+  if (v->kind == GM_VERDICT_DISCARD)
+    s->discard = TRUE;
+  s->mode = IN_COMMAND;
+  if (!proceed)
+    reply_verdict (s, v);
+
+  switch (stage)
+    {
+    case GM_STAGE_CONNECT:
+      if (proceed)
+        proceed_greeting (s);
+      else
+        s->mode = IN_CLOSED;    /* refused at connect: nothing more to say */
+      break;
+    case GM_STAGE_HELO:
+      if (proceed)
+        proceed_helo (s, s->stage_arg, s->stage_extended);
+      break;
+    case GM_STAGE_MAIL:
+      if (proceed)
+        proceed_mail (s, s->stage_arg, s->stage_smtputf8);
+      else
+        s->discard = FALSE;
+      break;
+    case GM_STAGE_RCPT:
+      if (proceed)
+        proceed_rcpt (s, &s->stage_path);
+      else
+        s->rcpt_refused = TRUE;
+      gm_path_clear (&s->stage_path);
+      break;
+    case GM_STAGE_DATA:
+      if (proceed)
+        {
+          /* A close asked by the error count wins over spooling. */
+          if (s->mode == IN_CLOSED)
+            return GM_SESSION_CLOSE;
+          GmSessionAction action = proceed_data (s);
+          if (action != GM_SESSION_WANT_INPUT)
+            return action;
+        }
+      else
+        reset_transaction (s);
+      break;
+    default:
+      break;
+    }
+  g_clear_pointer (&s->stage_arg, g_free);
+  if (s->mode == IN_CLOSED)
+    return GM_SESSION_CLOSE;
   return process (s);
 }

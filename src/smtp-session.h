@@ -7,6 +7,7 @@
 #pragma once
 #include <glib.h>
 #include "spool.h"
+#include "verdict.h"
 
 typedef struct GmSession GmSession;
 
@@ -23,14 +24,26 @@ typedef enum
   GM_SESSION_WANT_INPUT,        /* send the output, then feed more bytes */
   GM_SESSION_SPOOL,             /* a message is complete: take it, spool it, call gm_session_spooled() */
   GM_SESSION_CLOSE,             /* send the output, then close the connection */
+  GM_SESSION_POLICY,            /* run the rules of gm_session_policy_stage(), then gm_session_policy_done() */
 } GmSessionAction;
 
 GmSession *gm_session_new (const GmConnInfo *conn);
 void gm_session_free (GmSession *s);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (GmSession, gm_session_free)
 
-/* Queue the 220 greeting. */
-void gm_session_greet (GmSession *s);
+/* Which stages have policy rules (bit 1 << GmStage): the session asks for
+ * those only. Call before gm_session_greet(). */
+void gm_session_set_policy (GmSession *s, guint stage_mask);
+
+/* Start the conversation: the 220 greeting, or first the connect rules. */
+GmSessionAction gm_session_greet (GmSession *s);
+
+/* After GM_SESSION_POLICY: the stage whose rules must run, and their argument
+ * (client address, HELO name, sender, recipient, or queue id for data). */
+GmStage gm_session_policy_stage (GmSession *s, const char **arg);
+
+/* The rules decided V: apply it and go on with buffered input. */
+GmSessionAction gm_session_policy_done (GmSession *s, const GmVerdict *v);
 
 /* Append input bytes and process as much as possible. */
 GmSessionAction gm_session_feed (GmSession *s, const char *data, gsize len);
@@ -38,7 +51,8 @@ GmSessionAction gm_session_feed (GmSession *s, const char *data, gsize len);
 /* Replies waiting to be sent; the caller removes what it has written. */
 GString *gm_session_output (GmSession *s);
 
-/* The message to spool, after GM_SESSION_SPOOL. The envelope has its queue
+/* The message to spool, after GM_SESSION_SPOOL (or to show to the data
+ * rules, after GM_SESSION_POLICY for the data stage). The envelope has its queue
  * id; HEADER is the Received: line(s); BODY the message with LF line ends.
  * All stay owned by the session and unchanged until gm_session_spooled(). */
 void gm_session_message (GmSession *s, GmEnvelope **env, const GString **header,
@@ -47,6 +61,14 @@ void gm_session_message (GmSession *s, GmEnvelope **env, const GString **header,
 /* The spool finished: ERROR NULL on success. Queues the reply, resets the
  * transaction and goes on with buffered input. */
 GmSessionAction gm_session_spooled (GmSession *s, const GError *error);
+
+/* Facts for the rules. */
+const GmConnInfo *gm_session_conn (GmSession *s);
+const char *gm_session_helo (GmSession *s);            /* NULL before HELO/EHLO */
+gboolean gm_session_esmtp (GmSession *s);
+const GmEnvelope *gm_session_envelope (GmSession *s);  /* NULL outside a transaction */
+guint64 gm_session_size (GmSession *s);                /* bytes of the message received */
+GString *gm_session_body (GmSession *s);               /* the message, LF line ends */
 
 /* Facts for the I/O layer. */
 gboolean gm_session_reading_data (GmSession *s);   /* DATA or BDAT content: data-timeout applies */

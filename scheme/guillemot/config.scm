@@ -33,6 +33,7 @@
 
 (define (load-configuration file)
   "Evaluate FILE.  Return #f on success, or the error message."
+  ((@@ (guillemot) %reset-rules!))
   (catch #t
     (lambda ()
       (call-with-input-file file

@@ -1,0 +1,45 @@
+/* verdict.h — SMTP stages that policy rules attach to, and their verdicts. */
+#pragma once
+#include <glib.h>
+
+typedef enum
+{
+  GM_STAGE_CONNECT,
+  GM_STAGE_HELO,
+  GM_STAGE_MAIL,
+  GM_STAGE_RCPT,
+  GM_STAGE_DATA,
+  GM_N_STAGES
+} GmStage;
+
+const char *gm_stage_name (GmStage stage);
+
+typedef enum
+{
+  GM_VERDICT_NEXT,              /* no decision: the next rule, then the built-in behaviour */
+  GM_VERDICT_ACCEPT,            /* skip the stage's remaining rules */
+  GM_VERDICT_REJECT,            /* 5xx */
+  GM_VERDICT_DEFER,             /* 4xx */
+  GM_VERDICT_DISCARD,           /* accept the message, then drop it (logged) */
+} GmVerdictKind;
+
+typedef struct
+{
+  GmVerdictKind kind;
+  guint code;                   /* REJECT and DEFER */
+  char esc[12];                 /* enhanced status code, e.g. "5.7.1" */
+  char *text;                   /* owned; without the code and enhanced code */
+} GmVerdict;
+
+void gm_verdict_clear (GmVerdict *v);
+
+/* Fill V as a REJECT or DEFER answering CODE and TEXT, where TEXT may start
+ * with an enhanced status code ("5.7.1 Relaying denied"). Checks (STYLE.md
+ * §12): 5xx for reject and 4xx for defer, an enhanced code of the same class
+ * (added when missing: 5.7.1 or 4.7.1), no CR or LF, at most 510 bytes.
+ * FALSE with a message on error. */
+gboolean gm_verdict_set_reply (GmVerdict *v, GmVerdictKind kind, guint code, const char *text,
+                               GError **error);
+
+/* The 451 4.3.0 given when a policy failed. */
+void gm_verdict_set_policy_failure (GmVerdict *v);
