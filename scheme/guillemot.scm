@@ -154,12 +154,27 @@ local part (lower-cased).  A relative path is under the state directory."
                     (if (= arity 1) "session" "session and the stage's value")))
     (set! rules (append rules (list (make-rule stage name proc where))))))
 
+(define (check-literal-verdicts stage name body)
+  "Report at load time a (reject CODE ...) or (defer CODE ...) in BODY whose
+literal CODE has the wrong class."
+  (let walk ((x body))
+    (when (pair? x)
+      (match x
+        (((and who (or 'reject 'defer)) (? integer? code) . _)
+         (let ((class (if (eq? who 'reject) 5 4)))
+           (unless (= (quotient code 100) class)
+             (config-error "rule ~a ~s: (~a ~a ...) needs a ~axx code" stage name who code class))))
+        (_ #f))
+      (when (list? x) (for-each walk x)))))
+
 (define-syntax rule
   (lambda (form)
     (syntax-case form ()
       ((_ stage name proc)
        (identifier? #'stage)
        (let* ((src (syntax-source form))
+              (_ (check-literal-verdicts (syntax->datum #'stage) (syntax->datum #'name)
+                                        (syntax->datum #'proc)))
               (where (and src (assq-ref src 'filename)
                           (format #f "~a:~a" (assq-ref src 'filename)
                                   (1+ (or (assq-ref src 'line) 0))))))
