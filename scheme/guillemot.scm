@@ -9,6 +9,9 @@
   #:use-module (srfi srfi-1)
   #:use-module (srfi srfi-9)
   #:use-module (ice-9 match)
+  #:use-module (guillemot address)
+  #:re-export (address-local address-domain domain-matches? parse-cidr cidr? cidr->string
+               address-in? address-in-any?)
   #:export (define-server
             local-domains
             deliver-local
