@@ -163,12 +163,13 @@ literal CODE has the wrong class."
   (let walk ((x body))
     (when (pair? x)
       (match x
+        (('quote . _) #f)               ; data, not code
         (((and who (or 'reject 'defer)) (? integer? code) . _)
          (let ((class (if (eq? who 'reject) 5 4)))
            (unless (= (quotient code 100) class)
              (config-error "rule ~a ~s: (~a ~a ...) needs a ~axx code" stage name who code class))))
         (_ #f))
-      (when (list? x) (for-each walk x)))))
+      (when (and (list? x) (not (eq? (car x) 'quote))) (for-each walk x)))))
 
 (define-syntax rule
   (lambda (form)
@@ -271,8 +272,22 @@ code: (reject 550 \"5.7.1 Not here\")."
   (unless (and (string? name) (positive? (string-length name))
                (string-every (lambda (c) (and (char<? #\space c #\del) (not (char=? c #\:)))) name))
     (error (format #f "~a: invalid header name ~s" who name)))
-  (unless (and (string? value) (not (string-index value #\nul)))
-    (error (format #f "~a: the value must be a string, got ~s" who value))))
+  (unless (and (string? value) (not (string-index value #\nul)) (not (string-index value #\return)))
+    (error (format #f "~a: the value must be a string without NUL or CR, got ~s" who value)))
+  ;; A line break must fold the value: the next line starts with white space
+  ;; and is not blank, or it would start a new field or end the header section.
+  (let loop ((start 0))
+    (let ((nl (string-index value #\newline start)))
+      (when nl
+        (let ((rest (substring value (1+ nl))))
+          (unless (and (> (string-length rest) 0)
+                       (memv (string-ref rest 0) '(#\space #\tab))
+                       (not (string-every char-whitespace?
+                                          (substring rest 0 (or (string-index rest #\newline)
+                                                                (string-length rest))))))
+            (error (format #f "~a: a line break in the value of ~a must be followed by a space or tab and text (folding)"
+                           who name))))
+        (loop (1+ nl))))))
 
 (define* (header-add! msg name value #:key (position 'top))
   "Add the header NAME: VALUE, at the top (default) or the bottom of the header

@@ -74,6 +74,7 @@ struct GmSession
   gboolean stage_smtputf8;      /* MAIL stage: SMTPUTF8 given */
   GmPath stage_path;            /* RCPT stage */
   gboolean discard;             /* a rule said discard: accept, then drop */
+  gboolean discard_session;     /* ... at connect or helo: every message of the session */
 
   /* BDAT chunk state. */
   guint64 chunk_left;
@@ -135,12 +136,17 @@ gm_session_conn (GmSession *s)
 const char *
 gm_session_helo (GmSession *s)
 {
+  /* The helo rules see the name being given, not the previous one. */
+  if (s->mode == IN_POLICY && s->stage == GM_STAGE_HELO)
+    return s->stage_arg;
   return s->helo;
 }
 
 gboolean
 gm_session_esmtp (GmSession *s)
 {
+  if (s->mode == IN_POLICY && s->stage == GM_STAGE_HELO)
+    return s->stage_extended;
   return s->esmtp;
 }
 
@@ -306,7 +312,7 @@ reset_transaction (GmSession *s)
   s->bare_seen = FALSE;
   s->pending_cr = FALSE;
   s->chunk_error = -1;
-  s->discard = FALSE;
+  s->discard = s->discard_session;
   g_string_truncate (s->header, 0);
   /* Keep the body buffer for the next message unless it grew large. */
   if (s->body->allocated_len > 1024 * 1024)
@@ -590,8 +596,9 @@ is_local_domain (const char *domain)
   return FALSE;
 }
 
-/* After the RCPT checks and rules: routing, then the recipient is added. */
-static void
+/* After the RCPT checks and rules: routing, then the recipient is added.
+ * TRUE when it was accepted. */
+static gboolean
 proceed_rcpt (GmSession *s, const GmPath *path)
 {
   g_autofree char *address = gm_path_to_string (path);
@@ -599,7 +606,7 @@ proceed_rcpt (GmSession *s, const GmPath *path)
     {
       replyf (s, GM_REPLY_RELAY_DENIED, "<%s>: Relay access denied", address);
       s->rcpt_refused = TRUE;
-      return;
+      return FALSE;
     }
   g_autofree char *mailbox = mailbox_name (path->local);
   if (!mailbox)
@@ -607,18 +614,19 @@ proceed_rcpt (GmSession *s, const GmPath *path)
       replyf (s, GM_REPLY_NO_SUCH_MAILBOX,
               "<%s>: Recipient address rejected: local part not usable as a mailbox name", address);
       s->rcpt_refused = TRUE;
-      return;
+      return FALSE;
     }
   for (guint i = 0; i < s->env->rcpts->len; i++)
     if (strcmp (((GmSpoolRcpt *) g_ptr_array_index (s->env->rcpts, i))->address, address) == 0)
       {
         /* One copy per recipient, as Postfix does: accept, do not add again. */
         reply (s, GM_REPLY_RCPT_OK, "Ok (duplicate recipient)");
-        return;
+        return TRUE;
       }
   g_autofree char *destination = gm_config_local_path (mailbox);
   gm_envelope_add_rcpt (s->env, address, gm_config.local_transport, destination);
   reply (s, GM_REPLY_RCPT_OK, "Ok");
+  return TRUE;
 }
 
 static void
@@ -911,10 +919,11 @@ data_line (GmSession *s, const char *p, gsize len, LineEnd end)
   gboolean proper_start = s->line_start && s->prev_crlf;
   if (proper_start && end == LINE_CRLF && len == 1 && p[0] == '.')
     return TRUE;
-  s->size += len + (end == LINE_CRLF ? 2 : end == LINE_LF ? 1 : 0);
   /* RFC 5321 §4.5.2: a leading dot goes only when other characters follow. */
   if (proper_start && len > 1 && p[0] == '.')
     p++, len--;
+  /* The size excludes the stuffed dots (RFC 1870 §3). */
+  s->size += len + (end == LINE_CRLF ? 2 : end == LINE_LF ? 1 : 0);
   if (end == LINE_LF)
     s->bare_seen = TRUE;
   if (!s->too_big && s->size > gm_config.max_message_size)
@@ -1135,33 +1144,45 @@ gm_session_policy_done (GmSession *s, const GmVerdict *v)
   GmStage stage = s->stage;
   gboolean proceed = v->kind == GM_VERDICT_NEXT || v->kind == GM_VERDICT_ACCEPT
     || v->kind == GM_VERDICT_DISCARD;
-  if (v->kind == GM_VERDICT_DISCARD)
-    s->discard = TRUE;
+  gboolean discard = v->kind == GM_VERDICT_DISCARD;
   s->mode = IN_COMMAND;
   if (!proceed)
     reply_verdict (s, v);
 
+  /* A discard applies once what it was said about is accepted: the whole
+   * session at connect and helo, the transaction at mail, rcpt and data. */
   switch (stage)
     {
     case GM_STAGE_CONNECT:
       if (proceed)
-        proceed_greeting (s);
+        {
+          s->discard_session = discard;
+          s->discard = discard;
+          proceed_greeting (s);
+        }
       else
         s->mode = IN_CLOSED;    /* refused at connect: nothing more to say */
       break;
     case GM_STAGE_HELO:
       if (proceed)
-        proceed_helo (s, s->stage_arg, s->stage_extended);
+        {
+          s->discard_session |= discard;
+          proceed_helo (s, s->stage_arg, s->stage_extended);
+        }
       break;
     case GM_STAGE_MAIL:
       if (proceed)
-        proceed_mail (s, s->stage_arg, s->stage_smtputf8);
-      else
-        s->discard = FALSE;
+        {
+          proceed_mail (s, s->stage_arg, s->stage_smtputf8);
+          s->discard |= discard;
+        }
       break;
     case GM_STAGE_RCPT:
       if (proceed)
-        proceed_rcpt (s, &s->stage_path);
+        {
+          if (proceed_rcpt (s, &s->stage_path))
+            s->discard |= discard;
+        }
       else
         s->rcpt_refused = TRUE;
       gm_path_clear (&s->stage_path);
@@ -1172,6 +1193,8 @@ gm_session_policy_done (GmSession *s, const GmVerdict *v)
           /* A close asked by the error count wins over spooling. */
           if (s->mode == IN_CLOSED)
             return GM_SESSION_CLOSE;
+          s->discard |= discard;
+          g_clear_pointer (&s->stage_arg, g_free);
           GmSessionAction action = proceed_data (s);
           if (action != GM_SESSION_WANT_INPUT)
             return action;
