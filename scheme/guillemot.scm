@@ -9,6 +9,7 @@
   #:use-module (srfi srfi-1)
   #:use-module (srfi srfi-9)
   #:use-module (ice-9 match)
+  #:use-module (ice-9 regex)
   #:use-module (guillemot address)
   #:re-export (address-local address-domain domain-matches? parse-cidr cidr? cidr->string
                address-in? address-in-any?)
@@ -210,12 +211,19 @@ literal CODE has the wrong class."
   %discard)
 
 (define (check-reply who class code text)
+  ;; The same checks as the server's (src/verdict.c), made here so that the
+  ;; log names the rule that broke them.
   (unless (and (integer? code) (exact? code) (= (quotient code 100) class))
-    (error (format #f "~a: the code must be a ~ax integer, got ~s" who class code)))
+    (error (format #f "~a: the code must be a ~axx integer, got ~s" who class code)))
   (unless (string? text)
     (error (format #f "~a: the text must be a string, got ~s" who text)))
   (when (or (string-index text #\return) (string-index text #\newline))
-    (error (format #f "~a: the text must not contain CR or LF: ~s" who text))))
+    (error (format #f "~a: the text must not contain CR or LF: ~s" who text)))
+  (when (> (string-utf8-length text) 500)
+    (error (format #f "~a: the text is longer than 500 bytes" who)))
+  (let ((m (string-match "^([245])\\.[0-9]{1,3}\\.[0-9]{1,3}( |$)" text)))
+    (when (and m (not (= (string->number (match:substring m 1)) class)))
+      (error (format #f "~a ~a: the enhanced status code must start with ~a: ~s" who code class text)))))
 
 (define (reject code text)
   "Refuse with a 5xx CODE and TEXT, which may start with an enhanced status

@@ -174,6 +174,7 @@ log_from_scheme (SCM queue_id, SCM text)
 {
   char *t = scm_to_utf8_string (text);
   char *id = scm_is_string (queue_id) ? scm_to_utf8_string (queue_id) : NULL;
+  g_strdelimit (t, "\r\n", ' ');       /* one event, one line */
   gm_log (id, "%s", t);
   free (t);
   free (id);

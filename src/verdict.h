@@ -36,7 +36,8 @@ void gm_verdict_clear (GmVerdict *v);
 /* Fill V as a REJECT or DEFER answering CODE and TEXT, where TEXT may start
  * with an enhanced status code ("5.7.1 Relaying denied"). Checks (STYLE.md
  * §12): 5xx for reject and 4xx for defer, an enhanced code of the same class
- * (added when missing: 5.7.1 or 4.7.1), no CR or LF, at most 510 bytes.
+ * (added when missing: 5.7.1 or 4.7.1), no CR or LF, at most 500 bytes of
+ * text (the whole reply line stays under RFC 5321's 512).
  * FALSE with a message on error. */
 gboolean gm_verdict_set_reply (GmVerdict *v, GmVerdictKind kind, guint code, const char *text,
                                GError **error);
