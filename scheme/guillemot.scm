@@ -29,7 +29,8 @@
             helo-name esmtp? sender recipients queue-id message-size
             session-ref session-set!
             header-ref header-add! header-remove!
-            log-message)
+            log-message
+            suspend pause)
   ;; Guile's core has a socket procedure named accept: here it is the verdict.
   #:replace (accept rule))
 
@@ -129,14 +130,21 @@ local part (lower-cased).  A relative path is under the state directory."
   (proc rule-proc)
   (where rule-where))
 
-(define rules '())                      ; in file order, all stages
+;; The rules of the configuration being loaded, in file order.  When the load
+;; succeeds the server takes them (%loaded-rules) as the new rule set; each
+;; session keeps the set it started with, so a reload never changes the rules
+;; under a session in progress.
+(define rules '())
 
 (define (%reset-rules!)
   (set! rules '()))
 
-(define (%rule-stages)
-  "The stages that have at least one rule."
-  (delete-duplicates (map rule-stage rules)))
+(define (%loaded-rules)
+  rules)
+
+(define (%rule-stages rule-set)
+  "The stages that have at least one rule in RULE-SET."
+  (delete-duplicates (map rule-stage rule-set)))
 
 (define (accepts-arguments? proc n)
   (match (procedure-minimum-arity proc)
@@ -318,29 +326,88 @@ continuation line starting with a space or tab)."
   (string-trim-right
    (call-with-output-string (lambda (port) (print-exception port #f key args)))))
 
-(define (%run-stage stage facts vars message args)
-  "Run the rules of STAGE.  Returns (KIND CODE TEXT)."
+;;; Suspension.  A rule that waits for I/O (a DNS answer, a database, a
+;;; timer) calls (suspend OPERATION ARGS...): the rules' continuation up to
+;;; the stage's prompt is handed to the server, which starts OPERATION and
+;;; resumes the continuation with its result from the GLib main loop.  Other
+;;; sessions run meanwhile; the rule sees an ordinary procedure call.
+
+(define policy-prompt (make-prompt-tag "guillemot-policy"))
+
+(define (suspend operation . args)
+  "Wait, without blocking the server, for OPERATION (a symbol the server
+knows, such as @code{pause}) done with ARGS; return its result."
+  (abort-to-prompt policy-prompt operation args))
+
+(define (pause seconds)
+  "Suspend this session for SECONDS (a real number, at most 600) without
+holding up the others, then return #t: (pause 2) before a rejection slows
+down a client that tries many addresses (tarpitting)."
+  (unless (and (real? seconds) (>= seconds 0) (<= seconds 600))
+    (error (format #f "pause: expected 0 to 600 seconds, got ~s" seconds)))
+  (suspend 'pause (exact->inexact seconds)))
+
+(define (under-prompt thunk)
+  (call-with-prompt policy-prompt
+    thunk
+    (lambda (k operation args) (list 'suspend k operation args))))
+
+;;; Time budget.  The server arms a timer (#:rule-time-limit) whenever Scheme
+;;; code of a stage runs; when it fires inside a rule, the rule is
+;;; interrupted like any failing rule.
+
+(define running-rule #f)                ; the rule being run, for the alarm
+
+(define (%on-alarm signal)
+  (when running-rule
+    (throw 'rule-time-limit)))
+
+(define (describe-error key args)
+  (if (eq? key 'rule-time-limit)
+      "interrupted: it ran longer than #:rule-time-limit"
+      (string-trim-right
+       (call-with-output-string (lambda (port) (print-exception port #f key args))))))
+
+(define (rule-place r)
+  (if (rule-where r) (string-append ", " (rule-where r)) ""))
+
+(define policy-failure '(defer 451 "4.3.0 Temporary policy failure"))
+
+(define (run-rules rule-set stage session args)
+  (let loop ((rs rule-set))
+    (cond
+     ((null? rs) '(next #f #f))
+     ((not (eq? (rule-stage (car rs)) stage)) (loop (cdr rs)))
+     (else
+      (let* ((r (car rs))
+             (v (catch #t
+                  (lambda ()
+                    (set! running-rule r)
+                    (let ((v (apply (rule-proc r) session args)))
+                      (set! running-rule #f)
+                      v))
+                  (lambda (key . err)
+                    (set! running-rule #f)
+                    ((core '%log) (fact session 'queue-id)
+                     (format #f "policy error: rule ~s (~a~a) failed: ~a" (rule-name r) stage
+                             (rule-place r) (describe-error key err)))
+                    'failed))))
+        (cond
+         ((eq? v 'failed) policy-failure)
+         ((not (verdict? v))
+          ((core '%log) (fact session 'queue-id)
+           (format #f "policy error: rule ~s (~a~a) returned ~s, not a verdict" (rule-name r) stage
+                   (rule-place r) v))
+          policy-failure)
+         ((eq? (verdict-kind v) 'next) (loop (cdr rs)))
+         (else (list (verdict-kind v) (verdict-code v) (verdict-text v)))))))))
+
+(define (%run-stage rule-set stage facts vars message args)
+  "Run the rules of STAGE in RULE-SET.  Returns (KIND CODE TEXT), or
+(suspend K OPERATION ARGS) when a rule waits for OPERATION."
   (let ((session (make-session facts vars message)))
-    (let loop ((rs rules))
-      (cond
-       ((null? rs) '(next #f #f))
-       ((not (eq? (rule-stage (car rs)) stage)) (loop (cdr rs)))
-       (else
-        (let* ((r (car rs))
-               (v (catch #t
-                    (lambda () (apply (rule-proc r) session args))
-                    (lambda (key . err)
-                      ((core '%log) (fact session 'queue-id)
-                       (format #f "policy error: rule ~s (~a~a) failed: ~a" (rule-name r) stage
-                               (if (rule-where r) (string-append ", " (rule-where r)) "")
-                               (describe-error key err)))
-                      'failed))))
-          (cond
-           ((eq? v 'failed) '(defer 451 "4.3.0 Temporary policy failure"))
-           ((not (verdict? v))
-            ((core '%log) (fact session 'queue-id)
-             (format #f "policy error: rule ~s (~a~a) returned ~s, not a verdict" (rule-name r) stage
-                     (if (rule-where r) (string-append ", " (rule-where r)) "") v))
-            '(defer 451 "4.3.0 Temporary policy failure"))
-           ((eq? (verdict-kind v) 'next) (loop (cdr rs)))
-           (else (list (verdict-kind v) (verdict-code v) (verdict-text v))))))))))
+    (under-prompt (lambda () (run-rules rule-set stage session args)))))
+
+(define (%resume k value)
+  "Go on with suspended rules, OPERATION having answered VALUE."
+  (under-prompt (lambda () (k value))))

@@ -11,14 +11,20 @@
 #include "policy.h"
 
 #include <libguile.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/time.h>
 #include <gio/gio.h>
 
 #include "log.h"
+#include "settings.h"
 
 static SCM run_stage;           /* (guillemot) %run-stage, protected */
-static guint stage_mask;
-static GHashTable *session_vars; /* GmSession* -> SCM hash table, protected */
+static SCM resume;              /* (guillemot) %resume, protected */
+static SCM current_rules;       /* the rule set new sessions get, protected */
+static guint current_mask;      /* its stages */
+static GHashTable *sessions;    /* GmSession* -> SessionPolicy* */
+static GHashTable *operations;  /* name -> GmPolicyOperation */
 
 /* ---- The message in the data stage ------------------------------------ */
 
@@ -192,51 +198,98 @@ gm_policy_define_primitives (void)
                 NULL);
 }
 
-/* ---- Running a stage --------------------------------------------------- */
+/* ---- Per-session state ------------------------------------------------ */
+
+/* What the policy keeps for a session. The SCM values live in one protected
+ * vector: [0] per-connection variables, [1] the session's rule set, [2] the
+ * continuation of suspended rules (#f when none). */
+struct GmPolicyWait
+{
+  GmSession *session;
+  SCM cell;
+  guint stage_mask;
+  MessageHandle *handle;        /* the data stage's message, while its rules run */
+  GmPolicyDone done;            /* while suspended */
+  gpointer done_data;
+  guint timer;                  /* the pause operation's timeout, if any */
+};
+
+typedef GmPolicyWait SessionPolicy;
+
+enum { CELL_VARS, CELL_RULES, CELL_K, CELL_SIZE };
+
+static guint
+mask_of (SCM rule_set)
+{
+  guint mask = 0;
+  SCM stages = scm_call_1 (scm_c_private_ref ("guillemot", "%rule-stages"), rule_set);
+  for (; scm_is_pair (stages); stages = scm_cdr (stages))
+    for (guint st = 0; st < GM_N_STAGES; st++)
+      if (scm_is_eq (scm_car (stages), scm_from_utf8_symbol (gm_stage_name (st))))
+        mask |= 1u << st;
+  return mask;
+}
+
+static void pause_operation (SCM args, GmPolicyWait *wait);
 
 void
 gm_policy_init (void)
 {
   run_stage = scm_c_private_ref ("guillemot", "%run-stage");
+  resume = scm_c_private_ref ("guillemot", "%resume");
   scm_gc_protect_object (run_stage);
-  session_vars = g_hash_table_new (NULL, NULL);
-  stage_mask = 0;
-  SCM stages = scm_call_0 (scm_c_private_ref ("guillemot", "%rule-stages"));
-  for (; scm_is_pair (stages); stages = scm_cdr (stages))
-    for (guint st = 0; st < GM_N_STAGES; st++)
-      if (scm_is_eq (scm_car (stages), scm_from_utf8_symbol (gm_stage_name (st))))
-        stage_mask |= 1u << st;
+  scm_gc_protect_object (resume);
+  sessions = g_hash_table_new (NULL, NULL);
+  operations = g_hash_table_new (g_str_hash, g_str_equal);
+  current_rules = SCM_EOL;
+  scm_gc_protect_object (current_rules);
+  gm_policy_register_operation ("pause", pause_operation);
+  /* The time limit of rules: SIGALRM becomes an exception inside the rule. */
+  scm_sigaction (scm_from_int (SIGALRM), scm_c_private_ref ("guillemot", "%on-alarm"),
+                 SCM_UNDEFINED);
+  gm_policy_install_loaded ();
+}
+
+void
+gm_policy_install_loaded (void)
+{
+  SCM rules = scm_call_0 (scm_c_private_ref ("guillemot", "%loaded-rules"));
+  scm_gc_unprotect_object (current_rules);
+  current_rules = rules;
+  scm_gc_protect_object (current_rules);
+  current_mask = mask_of (rules);
 }
 
 guint
-gm_policy_stage_mask (void)
+gm_policy_session_start (GmSession *s)
 {
-  return stage_mask;
-}
-
-static SCM
-vars_of (GmSession *s)
-{
-  SCM vars = g_hash_table_lookup (session_vars, s);
-  if (!vars)
-    {
-      vars = scm_c_make_hash_table (8);
-      scm_gc_protect_object (vars);
-      g_hash_table_insert (session_vars, s, vars);
-    }
-  return vars;
+  SessionPolicy *sp = g_new0 (SessionPolicy, 1);
+  sp->session = s;
+  sp->cell = scm_c_make_vector (CELL_SIZE, SCM_BOOL_F);
+  scm_c_vector_set_x (sp->cell, CELL_VARS, scm_c_make_hash_table (8));
+  scm_c_vector_set_x (sp->cell, CELL_RULES, current_rules);
+  scm_gc_protect_object (sp->cell);
+  sp->stage_mask = current_mask;
+  g_hash_table_insert (sessions, s, sp);
+  return sp->stage_mask;
 }
 
 void
 gm_policy_forget (GmSession *s)
 {
-  SCM vars;
-  if (session_vars && (vars = g_hash_table_lookup (session_vars, s)))
-    {
-      scm_gc_unprotect_object (vars);
-      g_hash_table_remove (session_vars, s);
-    }
+  SessionPolicy *sp = sessions ? g_hash_table_lookup (sessions, s) : NULL;
+  if (!sp)
+    return;
+  if (sp->timer)
+    g_source_remove (sp->timer);
+  if (sp->handle)
+    sp->handle->body = NULL;
+  scm_gc_unprotect_object (sp->cell);
+  g_hash_table_remove (sessions, s);
+  g_free (sp);
 }
+
+/* ---- Facts ------------------------------------------------------------- */
 
 static SCM
 opt_string (const char *s)
@@ -274,17 +327,19 @@ session_facts (GmSession *s, GmStage stage)
   return facts;
 }
 
+/* ---- Calling Scheme ---------------------------------------------------- */
+
 typedef struct
 {
-  SCM args[5];
+  SCM proc;
+  SCM args;
 } Call;
 
 static SCM
-call_run_stage (void *data)
+call_body (void *data)
 {
   Call *call = data;
-  return scm_apply_0 (run_stage, scm_list_5 (call->args[0], call->args[1], call->args[2],
-                                             call->args[3], call->args[4]));
+  return scm_apply_0 (call->proc, call->args);
 }
 
 static SCM
@@ -296,6 +351,25 @@ call_failed (void *data, SCM key, SCM args)
   gm_log (NULL, "policy error: %s", text);
   free (text);
   return SCM_BOOL_F;
+}
+
+static void
+arm_time_limit (guint milliseconds)
+{
+  struct itimerval it = { { 0, 0 }, { milliseconds / 1000, (milliseconds % 1000) * 1000 } };
+  setitimer (ITIMER_REAL, &it, NULL);
+}
+
+/* The one safe call into the rules (STYLE.md §11): nothing escapes into
+ * GLib, and the time limit is armed while Scheme runs. */
+static SCM
+safe_call (SCM proc, SCM args)
+{
+  Call call = { proc, args };
+  arm_time_limit (gm_config.rule_time_limit);
+  SCM result = scm_c_catch (SCM_BOOL_T, call_body, &call, call_failed, NULL, NULL, NULL);
+  arm_time_limit (0);
+  return result;
 }
 
 /* Turn (KIND CODE TEXT) into V; FALSE when it is not a valid verdict. */
@@ -338,38 +412,112 @@ verdict_from_scm (SCM result, GmVerdict *v, GError **error)
   return TRUE;
 }
 
-void
-gm_policy_run (GmSession *s, GmVerdict *v)
+/* The rules answered RESULT. TRUE: V is the verdict. FALSE: they wait for an
+ * operation, started here. */
+static gboolean
+settle (SessionPolicy *sp, SCM result, GmVerdict *v)
 {
+  if (scm_is_pair (result) && scm_is_eq (scm_car (result), scm_from_utf8_symbol ("suspend")))
+    {
+      SCM k = scm_cadr (result);
+      char *name = scm_to_utf8_string (scm_symbol_to_string (scm_caddr (result)));
+      GmPolicyOperation start = g_hash_table_lookup (operations, name);
+      if (start)
+        {
+          scm_c_vector_set_x (sp->cell, CELL_K, k);
+          free (name);
+          start (scm_cadddr (result), sp);
+          return FALSE;
+        }
+      gm_log (NULL, "policy error: a rule waits for \"%s\", which this server does not know", name);
+      free (name);
+      result = SCM_BOOL_F;
+    }
+  if (sp->handle)
+    {
+      sp->handle->body = NULL;  /* the message object is dead from now on */
+      sp->handle = NULL;
+    }
+  g_autoptr (GError) error = NULL;
+  if (scm_is_false (result) || !verdict_from_scm (result, v, &error))
+    {
+      const GmEnvelope *env = gm_session_envelope (sp->session);
+      if (error)
+        gm_log (env ? env->id : NULL, "policy error: %s", error->message);
+      gm_verdict_set_policy_failure (v);
+    }
+  return TRUE;
+}
+
+gboolean
+gm_policy_run (GmSession *s, GmVerdict *v, GmPolicyDone done, gpointer data)
+{
+  SessionPolicy *sp = g_hash_table_lookup (sessions, s);
+  g_return_val_if_fail (sp != NULL, (gm_verdict_set_policy_failure (v), TRUE));
   const char *arg;
   GmStage stage = gm_session_policy_stage (s, &arg);
-  MessageHandle *handle = NULL;
   SCM msg = SCM_BOOL_F;
   SCM stage_args = SCM_EOL;
   if (stage == GM_STAGE_DATA)
     {
-      handle = g_new0 (MessageHandle, 1);
-      handle->body = gm_session_body (s);
-      msg = scm_from_pointer (handle, g_free);
+      sp->handle = g_new0 (MessageHandle, 1);
+      sp->handle->body = gm_session_body (s);
+      msg = scm_from_pointer (sp->handle, g_free);
       stage_args = scm_list_1 (msg);
     }
   else if (stage != GM_STAGE_CONNECT)
     stage_args = scm_list_1 (scm_from_utf8_string (arg));
 
-  Call call = { { scm_from_utf8_symbol (gm_stage_name (stage)), session_facts (s, stage),
-                  vars_of (s), msg, stage_args } };
-  SCM result = scm_c_catch (SCM_BOOL_T, call_run_stage, &call, call_failed, NULL, NULL, NULL);
-  if (handle)
-    handle->body = NULL;        /* the message object is dead from now on */
-  scm_remember_upto_here_1 (msg);
+  SCM args = scm_list_n (scm_c_vector_ref (sp->cell, CELL_RULES),
+                         scm_from_utf8_symbol (gm_stage_name (stage)), session_facts (s, stage),
+                         scm_c_vector_ref (sp->cell, CELL_VARS), msg, stage_args, SCM_UNDEFINED);
+  SCM result = safe_call (run_stage, args);
+  sp->done = done;
+  sp->done_data = data;
+  return settle (sp, result, v);
+}
 
-  g_autoptr (GError) error = NULL;
-  if (scm_is_false (result) || !verdict_from_scm (result, v, &error))
+void
+gm_policy_wait_finish (GmPolicyWait *wait, SCM value)
+{
+  SessionPolicy *sp = wait;
+  SCM k = scm_c_vector_ref (sp->cell, CELL_K);
+  scm_c_vector_set_x (sp->cell, CELL_K, SCM_BOOL_F);
+  SCM result = safe_call (resume, scm_list_2 (k, value));
+  GmVerdict v = { 0 };
+  if (settle (sp, result, &v))
     {
-      const GmEnvelope *env = gm_session_envelope (s);
-      if (error)
-        gm_log (env ? env->id : NULL, "policy error in stage %s: %s", gm_stage_name (stage),
-                error->message);
-      gm_verdict_set_policy_failure (v);
+      sp->done (sp->done_data, &v);
+      gm_verdict_clear (&v);
     }
+}
+
+void
+gm_policy_register_operation (const char *name, GmPolicyOperation start)
+{
+  g_hash_table_insert (operations, (gpointer) name, start);
+}
+
+GmSession *
+gm_policy_wait_session (GmPolicyWait *wait)
+{
+  return wait->session;
+}
+
+/* ---- The pause operation ----------------------------------------------- */
+
+static gboolean
+pause_over (gpointer data)
+{
+  SessionPolicy *sp = data;
+  sp->timer = 0;
+  gm_policy_wait_finish (sp, SCM_BOOL_T);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+pause_operation (SCM args, GmPolicyWait *wait)
+{
+  double seconds = scm_to_double (scm_car (args));
+  wait->timer = g_timeout_add ((guint) (seconds * 1000), pause_over, wait);
 }

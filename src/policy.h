@@ -1,20 +1,44 @@
-/* policy.h — running the configuration's rules for a session (main thread). */
+/* policy.h — running the configuration's rules for a session (main thread).
+ *
+ * Rules may wait for I/O without blocking anyone: gm_policy_run() then
+ * answers FALSE and calls DONE later from the main loop. Extensions add the
+ * operations rules can wait for with gm_policy_register_operation(): the
+ * Scheme side calls (suspend 'NAME ARGS...), the server calls the
+ * operation's START with ARGS, and START (or a callback it arranges) calls
+ * gm_policy_wait_finish() with the value (suspend ...) returns. */
 #pragma once
 #include <glib.h>
+#include <libguile.h>
 #include "smtp-session.h"
 
 /* Define the primitives rules use, in the current module ((guillemot core)). */
 void gm_policy_define_primitives (void);
 
-/* Look up the loaded rules. Call after the configuration is loaded. */
+/* Once, after the configuration is loaded: take its rules. */
 void gm_policy_init (void);
 
-/* Stages that have rules (bit 1 << GmStage), for gm_session_set_policy(). */
-guint gm_policy_stage_mask (void);
+/* Take the rules of the configuration just loaded again: sessions that start
+ * from now on use them; sessions in progress keep theirs. */
+void gm_policy_install_loaded (void);
 
-/* Run the rules of the stage S is waiting on, filling V. A rule error or an
- * invalid answer gives the 451 4.3.0 policy failure, logged. */
-void gm_policy_run (GmSession *s, GmVerdict *v);
+/* A session starts: it gets the current rules. Returns the stages that have
+ * rules (bit 1 << GmStage), for gm_session_set_policy(). */
+guint gm_policy_session_start (GmSession *s);
 
-/* The session ended: drop its per-connection variables. */
+typedef void (*GmPolicyDone) (gpointer data, const GmVerdict *v);
+
+/* Run the rules of the stage S is waiting on. TRUE: V is the verdict (a rule
+ * error or an invalid answer gives the 451 4.3.0 policy failure, logged).
+ * FALSE: the rules wait for an operation; DONE (DATA, verdict) comes later. */
+gboolean gm_policy_run (GmSession *s, GmVerdict *v, GmPolicyDone done, gpointer data);
+
+/* The session ended: drop its rules and variables. */
 void gm_policy_forget (GmSession *s);
+
+typedef struct GmPolicyWait GmPolicyWait;
+typedef void (*GmPolicyOperation) (SCM args, GmPolicyWait *wait);
+
+void gm_policy_register_operation (const char *name, GmPolicyOperation start);
+/* The operation is over: resume the rules with VALUE. Main thread. */
+void gm_policy_wait_finish (GmPolicyWait *wait, SCM value);
+GmSession *gm_policy_wait_session (GmPolicyWait *wait);

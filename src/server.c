@@ -50,7 +50,7 @@ struct Conn
   char client[INET6_ADDRSTRLEN];
   guint16 client_port;
   gint64 last_activity;         /* monotonic µs */
-  gboolean spooling;
+  gboolean busy;                /* a spool write or the rules are running for it */
   gboolean closing;             /* flush, then close */
   GList link;
 };
@@ -210,7 +210,7 @@ conn_update_watch (Conn *c)
   GString *out = gm_session_output (c->session);
   if (out->len > 0)
     want |= G_IO_OUT;
-  if (!c->spooling && !c->closing && out->len < MAX_PENDING_OUTPUT)
+  if (!c->busy && !c->closing && out->len < MAX_PENDING_OUTPUT)
     want |= G_IO_IN;
   if (want == c->watching)
     return;
@@ -245,13 +245,13 @@ conn_settle (Conn *c)
 {
   if (!conn_flush (c))
     {
-      if (!c->spooling)
+      if (!c->busy)
         conn_close (c);
       else
         c->closing = TRUE;
       return;
     }
-  if (c->closing && !c->spooling && gm_session_output (c->session)->len == 0)
+  if (c->closing && !c->busy && gm_session_output (c->session)->len == 0)
     {
       conn_close (c);
       return;
@@ -283,7 +283,7 @@ spool_done (gpointer data)
 {
   SpoolJob *job = data;
   Conn *c = job->conn;
-  c->spooling = FALSE;
+  c->busy = FALSE;
   if (!job->error)
     gm_queue_submit (job->env->id);
   GmSessionAction action = gm_session_spooled (c->session, job->error);
@@ -293,14 +293,30 @@ spool_done (gpointer data)
   conn_act (c, action);
 }
 
+/* Suspended rules answered. */
+static void
+policy_done (gpointer data, const GmVerdict *v)
+{
+  Conn *c = data;
+  c->busy = FALSE;
+  c->last_activity = g_get_monotonic_time ();
+  conn_act (c, gm_session_policy_done (c->session, v));
+}
+
 static void
 conn_act (Conn *c, GmSessionAction action)
 {
-  /* Rules run synchronously for now: each verdict may lead to the next stage. */
+  /* Each verdict may lead to the next stage's rules. */
   while (action == GM_SESSION_POLICY)
     {
       GmVerdict v = { 0 };
-      gm_policy_run (c->session, &v);
+      if (!gm_policy_run (c->session, &v, policy_done, c))
+        {
+          /* The rules wait for I/O: read nothing until they answer. */
+          c->busy = TRUE;
+          conn_settle (c);
+          return;
+        }
       action = gm_session_policy_done (c->session, &v);
       gm_verdict_clear (&v);
     }
@@ -309,7 +325,7 @@ conn_act (Conn *c, GmSessionAction action)
       SpoolJob *job = g_new0 (SpoolJob, 1);
       job->conn = c;
       gm_session_message (c->session, &job->env, &job->header, &job->body);
-      c->spooling = TRUE;
+      c->busy = TRUE;
       gm_workers_push (spool_work, spool_done, job);
     }
   else if (action == GM_SESSION_CLOSE)
@@ -321,7 +337,7 @@ static void
 on_conn_io (Conn *c, GIOCondition cond)
 {
   static char buf[64 * 1024];
-  if ((cond & G_IO_IN) && !c->spooling && !c->closing)
+  if ((cond & G_IO_IN) && !c->busy && !c->closing)
     {
       ssize_t n = recv (c->fd, buf, sizeof buf, 0);
       if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
@@ -396,7 +412,7 @@ on_accept (gint lfd, GIOCondition cond, gpointer data)
       g_source_attach (c->source, NULL);
       g_queue_push_tail_link (&conns, &c->link);
       gm_log (NULL, "connect from [%s]:%u to [%s]:%u", client, client_port, local_text, local_port);
-      gm_session_set_policy (c->session, gm_policy_stage_mask ());
+      gm_session_set_policy (c->session, gm_policy_session_start (c->session));
       conn_act (c, gm_session_greet (c->session));
     }
   return G_SOURCE_CONTINUE;
@@ -420,7 +436,7 @@ on_tick (gpointer data)
     {
       Conn *c = l->data;
       l = l->next;
-      if (c->spooling)
+      if (c->busy)
         continue;
       if (c->closing)
         {

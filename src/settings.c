@@ -52,6 +52,9 @@ static const GmSetting settings[] = {
     "On SIGTERM or SIGINT, seconds given to transactions in progress before they get 421." },
   { "workers", GM_SETTING_COUNT, OFF (workers), "8", 1, 256, NULL,
     "Threads writing and fsyncing spool files and delivering locally." },
+  { "rule-time-limit", GM_SETTING_COUNT, OFF (rule_time_limit), "1000", 1, 600000, NULL,
+    "Milliseconds a policy rule may compute without waiting for I/O; past that it is "
+    "interrupted, logged, and the client gets 451 4.3.0." },
   { "retry-min", GM_SETTING_SECONDS, OFF (retry_min), "300", 1, 86400, NULL,
     "Delay before the first retry of a failed delivery; it doubles at each attempt." },
   { "retry-max", GM_SETTING_SECONDS, OFF (retry_max), "3600", 1, 86400, NULL,

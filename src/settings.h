@@ -36,6 +36,7 @@ typedef struct
   guint bare_line_endings;      /* GmBareLineEndings */
   guint shutdown_timeout;       /* seconds */
   guint workers;
+  guint rule_time_limit;        /* milliseconds */
   guint retry_min;              /* seconds */
   guint retry_max;              /* seconds */
   guint max_queue_lifetime;     /* seconds */
