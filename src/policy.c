@@ -44,6 +44,12 @@ message_handle (SCM msg, const char *who)
   return h;
 }
 
+GString *
+gm_policy_message_body (SCM msg, const char *who)
+{
+  return message_handle (msg, who)->body;
+}
+
 /* Length of the header section: up to and including the empty line, or the
  * whole message when there is none. */
 static gsize

@@ -42,3 +42,9 @@ void gm_policy_register_operation (const char *name, GmPolicyOperation start);
 /* The operation is over: resume the rules with VALUE. Main thread. */
 void gm_policy_wait_finish (GmPolicyWait *wait, SCM value);
 GmSession *gm_policy_wait_session (GmPolicyWait *wait);
+
+/* The message behind the message object MSG given to data rules (LF line
+ * ends, header section first), for primitives that read or change it. Throws
+ * a Scheme error naming WHO when MSG is not a live message object: call it
+ * before allocating anything (STYLE.md §10). */
+GString *gm_policy_message_body (SCM msg, const char *who);
