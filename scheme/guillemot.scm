@@ -23,12 +23,14 @@
             mailbox-template
             ;; Policy rules (stages connect, helo, mail, rcpt, data); rule and
             ;; accept are in #:replace below.
-            next reject defer discard
+            next reject defer discard quarantine
+            set-sender! add-recipient! remove-recipient! deliver-to!
             verdict?
             client-address client-port local-address local-port
             helo-name esmtp? sender recipients queue-id message-size
             session-ref session-set!
-            header-ref header-add! header-remove!
+            header-ref header-add! header-remove! header-has? header-count header-set!
+            header-rename!
             log-message
             suspend pause)
   ;; Guile's core has a socket procedure named accept: here it is the verdict.
@@ -206,6 +208,15 @@ literal CODE has the wrong class."
 (define %accept (make-verdict 'accept #f #f))
 (define %discard (make-verdict 'discard #f #f))
 
+(define (quarantine name)
+  "Accept the message, then keep it in the spool's quarantine/NAME/ directory
+instead of delivering it (logged with quarantine=NAME).  NAME: letters,
+digits, dot, underscore and hyphen, not starting with a dot."
+  (unless (and (string? name) (string-match "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$" name))
+    (error (format #f "quarantine: invalid name ~s (letters, digits, . _ -, not starting with a dot)"
+                   name)))
+  (make-verdict 'quarantine #f name))
+
 (define (next)
   "No decision: the next rule of the stage runs, then the built-in behaviour."
   %next)
@@ -248,11 +259,12 @@ code: (reject 550 \"5.7.1 Not here\")."
 ;;; and variables that live as long as the connection.
 
 (define-record-type <session>
-  (make-session facts vars message)
+  (make-session facts vars message handle)
   session?
   (facts session-facts)
   (vars session-vars)
-  (message session-message))
+  (message session-message)
+  (handle session-handle))                ; the live session, while its rules run
 
 (define (fact s key) (assq-ref (session-facts s) key))
 (define (client-address s) "The client's IP address, as text." (fact s 'client-address))
@@ -261,8 +273,39 @@ code: (reject 550 \"5.7.1 Not here\")."
 (define (local-port s) "The port the client connected to." (fact s 'local-port))
 (define (helo-name s) "The HELO or EHLO name, or #f before it." (fact s 'helo))
 (define (esmtp? s) "Did the client say EHLO?" (fact s 'esmtp))
-(define (sender s) "The envelope sender (\"\" for <>), or #f before MAIL." (fact s 'sender))
-(define (recipients s) "The recipients accepted so far." (or (fact s 'recipients) '()))
+(define (sender s)
+  "The envelope sender (\"\" for <>), or #f before MAIL; in the mail stage, the
+sender being given (after any set-sender!)."
+  ((core '%session-sender) (session-handle s)))
+(define (recipients s)
+  "The recipients accepted so far, with the changes rules made."
+  ((core '%session-recipients) (session-handle s)))
+
+;;; Envelope changes (mail stage: the sender; rcpt and data stages: all).
+
+(define (set-sender! s address)
+  "Make ADDRESS (\"\" for the null sender) the envelope sender."
+  ((core '%session-set-sender!) (session-handle s) address))
+
+(define (add-recipient! s address)
+  "Add ADDRESS as a recipient, routed like one given with RCPT (a local domain
+for now): a blind copy, for instance (add-recipient! s \"archive@example.test\")."
+  ((core '%session-add-recipient!) (session-handle s) address))
+
+(define (remove-recipient! s address)
+  "Remove the recipient ADDRESS; returns #t when it was there."
+  ((core '%session-remove-recipient!) (session-handle s) address))
+
+(define (deliver-to! s address mailbox)
+  "Deliver recipient ADDRESS into MAILBOX, made by maildir or mbox (relative
+templates are under the state directory), instead of the deliver-local one."
+  (unless (mailbox? mailbox)
+    (error (format #f "deliver-to!: expected (maildir TEMPLATE) or (mbox TEMPLATE), got ~s" mailbox)))
+  (let ((template (mailbox-template mailbox)))
+    ((core '%session-deliver-to!) (session-handle s) address (mailbox-kind mailbox)
+     (if (absolute-file-name? template)
+         template
+         (string-append ((core '%state-dir)) "/" template)))))
 (define (queue-id s) "The queue id, in the data stage; #f before." (fact s 'queue-id))
 (define (message-size s) "The message size in bytes, in the data stage." (fact s 'size))
 
@@ -315,6 +358,28 @@ continuation line starting with a space or tab)."
 (define (header-remove! msg name)
   "Remove every header NAME (case-insensitive); returns how many."
   ((core '%message-remove-header!) msg name))
+
+(define (header-has? msg name)
+  "Is there at least one header NAME (case-insensitive)?"
+  (pair? (header-ref msg name)))
+
+(define (header-count msg name)
+  "How many headers NAME (case-insensitive) the message has."
+  (length (header-ref msg name)))
+
+(define (header-set! msg name value)
+  "Make NAME: VALUE the one header NAME: the first such field gets VALUE in
+place and the others go; with none, it is added at the top.  Returns #t when
+a field was replaced."
+  (check-header 'header-set! name value)
+  ((core '%message-set-header!) msg name value))
+
+(define (header-rename! msg name new-name)
+  "Rename every header NAME (case-insensitive) to NEW-NAME, keeping values
+and positions: (header-rename! msg \"X-Spam\" \"X-Old-Spam\").  Returns how
+many were renamed."
+  (check-header 'header-rename! new-name "")
+  ((core '%message-rename-header!) msg name new-name))
 
 (define (log-message s fmt . args)
   "Write a line to the server's log, with the queue id when there is one."
@@ -402,10 +467,10 @@ down a client that tries many addresses (tarpitting)."
          ((eq? (verdict-kind v) 'next) (loop (cdr rs)))
          (else (list (verdict-kind v) (verdict-code v) (verdict-text v)))))))))
 
-(define (%run-stage rule-set stage facts vars message args)
+(define (%run-stage rule-set stage facts vars message handle args)
   "Run the rules of STAGE in RULE-SET.  Returns (KIND CODE TEXT), or
 (suspend K OPERATION ARGS) when a rule waits for OPERATION."
-  (let ((session (make-session facts vars message)))
+  (let ((session (make-session facts vars message handle)))
     (under-prompt (lambda () (run-rules rule-set stage session args)))))
 
 (define (%resume k value)

@@ -180,6 +180,157 @@ message_remove_header (SCM msg, SCM name)
   return scm_from_uint (count);
 }
 
+/* (%message-set-header! msg name value) → #t when a field was replaced, #f
+ * when none existed and one was added at the top. The first field NAME gets
+ * the new value in place; the others go. */
+static SCM
+message_set_header (SCM msg, SCM name, SCM value)
+{
+  MessageHandle *h = message_handle (msg, "header-set!");
+  char *n = scm_to_utf8_string (name);
+  char *v = scm_to_utf8_string (value);
+  g_autofree char *field = g_strdup_printf ("%s: %s\n", n, v);
+  RemoveScan scan = { n, g_array_new (FALSE, FALSE, sizeof (gsize)) };
+  for_each_header (h->body, find_header, &scan);
+  free (n);
+  free (v);
+  guint count = scan.spans->len / 2;
+  for (guint i = count; i > 1; i--)
+    g_string_erase (h->body, g_array_index (scan.spans, gsize, 2 * i - 2),
+                    g_array_index (scan.spans, gsize, 2 * i - 1));
+  if (count > 0)
+    {
+      g_string_erase (h->body, g_array_index (scan.spans, gsize, 0),
+                      g_array_index (scan.spans, gsize, 1));
+      g_string_insert (h->body, g_array_index (scan.spans, gsize, 0), field);
+    }
+  else
+    g_string_insert (h->body, 0, field);
+  g_array_free (scan.spans, TRUE);
+  return scm_from_bool (count > 0);
+}
+
+/* (%message-rename-header! msg old new) → how many fields were renamed */
+static SCM
+message_rename_header (SCM msg, SCM old_name, SCM new_name)
+{
+  MessageHandle *h = message_handle (msg, "header-rename!");
+  char *o = scm_to_utf8_string (old_name);
+  char *n = scm_to_utf8_string (new_name);
+  RemoveScan scan = { o, g_array_new (FALSE, FALSE, sizeof (gsize)) };
+  for_each_header (h->body, find_header, &scan);
+  guint count = scan.spans->len / 2;
+  gsize old_len = strlen (o);
+  for (guint i = count; i > 0; i--)
+    {
+      gsize start = g_array_index (scan.spans, gsize, 2 * i - 2);
+      g_string_erase (h->body, start, old_len);
+      g_string_insert (h->body, start, n);
+    }
+  free (o);
+  free (n);
+  g_array_free (scan.spans, TRUE);
+  return scm_from_uint (count);
+}
+
+/* ---- The session, for envelope changes -------------------------------- */
+
+/* What a session object points to; session is NULL once its stage is over. */
+typedef struct
+{
+  GmSession *session;
+} SessionHandle;
+
+static GmSession *
+session_of (SCM handle, const char *who)
+{
+  SCM_ASSERT_TYPE (SCM_POINTER_P (handle), handle, SCM_ARG1, who, "session");
+  SessionHandle *h = scm_to_pointer (handle);
+  if (!h->session)
+    scm_misc_error (who, "the session can only be changed while its rules run", SCM_EOL);
+  return h->session;
+}
+
+/* (%session-sender h) → the sender now, or #f before MAIL */
+static SCM
+session_sender (SCM handle)
+{
+  GmSession *s = session_of (handle, "sender");
+  const char *arg;
+  if (gm_session_policy_stage (s, &arg) == GM_STAGE_MAIL)
+    return scm_from_utf8_string (arg);
+  const GmEnvelope *env = gm_session_envelope (s);
+  return env ? scm_from_utf8_string (env->sender) : SCM_BOOL_F;
+}
+
+/* (%session-recipients h) → the recipients now */
+static SCM
+session_recipients (SCM handle)
+{
+  const GmEnvelope *env = gm_session_envelope (session_of (handle, "recipients"));
+  SCM list = SCM_EOL;
+  for (guint i = env ? env->rcpts->len : 0; i > 0; i--)
+    list = scm_cons (scm_from_utf8_string (((GmSpoolRcpt *) g_ptr_array_index (env->rcpts, i - 1))->address), list);
+  return list;
+}
+
+static SCM
+session_set_sender (SCM handle, SCM address)
+{
+  GmSession *s = session_of (handle, "set-sender!");
+  char *a = scm_to_utf8_string (address);
+  const char *reason = NULL;
+  gboolean ok = gm_session_set_sender (s, a, &reason);
+  SCM text = scm_from_utf8_string (a);
+  free (a);
+  if (!ok)
+    scm_misc_error ("set-sender!", "~S: ~A", scm_list_2 (text, scm_from_utf8_string (reason)));
+  return SCM_UNSPECIFIED;
+}
+
+static SCM
+session_add_recipient (SCM handle, SCM address)
+{
+  GmSession *s = session_of (handle, "add-recipient!");
+  char *a = scm_to_utf8_string (address);
+  const char *reason = NULL;
+  gboolean ok = gm_session_add_recipient (s, a, &reason);
+  SCM text = scm_from_utf8_string (a);
+  free (a);
+  if (!ok)
+    scm_misc_error ("add-recipient!", "~S: ~A", scm_list_2 (text, scm_from_utf8_string (reason)));
+  return SCM_UNSPECIFIED;
+}
+
+static SCM
+session_remove_recipient (SCM handle, SCM address)
+{
+  GmSession *s = session_of (handle, "remove-recipient!");
+  char *a = scm_to_utf8_string (address);
+  gboolean removed = gm_session_remove_recipient (s, a);
+  free (a);
+  return scm_from_bool (removed);
+}
+
+/* (%session-deliver-to! h rcpt kind template) */
+static SCM
+session_deliver_to (SCM handle, SCM address, SCM kind, SCM template)
+{
+  GmSession *s = session_of (handle, "deliver-to!");
+  GmTransport t = scm_is_eq (kind, scm_from_utf8_symbol ("mbox")) ? GM_TRANSPORT_MBOX
+    : GM_TRANSPORT_MAILDIR;
+  char *a = scm_to_utf8_string (address);
+  char *tpl = scm_to_utf8_string (template);
+  const char *reason = NULL;
+  gboolean ok = gm_session_set_mailbox (s, a, t, tpl, &reason);
+  SCM text = scm_from_utf8_string (a);
+  free (a);
+  free (tpl);
+  if (!ok)
+    scm_misc_error ("deliver-to!", "~S: ~A", scm_list_2 (text, scm_from_utf8_string (reason)));
+  return SCM_UNSPECIFIED;
+}
+
 /* (%log queue-id-or-#f text) */
 static SCM
 log_from_scheme (SCM queue_id, SCM text)
@@ -199,9 +350,20 @@ gm_policy_define_primitives (void)
   scm_c_define_gsubr ("%message-headers", 1, 0, 0, (scm_t_subr) message_headers);
   scm_c_define_gsubr ("%message-add-header!", 4, 0, 0, (scm_t_subr) message_add_header);
   scm_c_define_gsubr ("%message-remove-header!", 2, 0, 0, (scm_t_subr) message_remove_header);
+  scm_c_define_gsubr ("%message-set-header!", 3, 0, 0, (scm_t_subr) message_set_header);
+  scm_c_define_gsubr ("%message-rename-header!", 3, 0, 0, (scm_t_subr) message_rename_header);
   scm_c_define_gsubr ("%log", 2, 0, 0, (scm_t_subr) log_from_scheme);
-  scm_c_export ("%message-headers", "%message-add-header!", "%message-remove-header!", "%log",
+  scm_c_define_gsubr ("%session-sender", 1, 0, 0, (scm_t_subr) session_sender);
+  scm_c_define_gsubr ("%session-recipients", 1, 0, 0, (scm_t_subr) session_recipients);
+  scm_c_define_gsubr ("%session-set-sender!", 2, 0, 0, (scm_t_subr) session_set_sender);
+  scm_c_define_gsubr ("%session-add-recipient!", 2, 0, 0, (scm_t_subr) session_add_recipient);
+  scm_c_define_gsubr ("%session-remove-recipient!", 2, 0, 0, (scm_t_subr) session_remove_recipient);
+  scm_c_define_gsubr ("%session-deliver-to!", 4, 0, 0, (scm_t_subr) session_deliver_to);
+  scm_c_export ("%session-sender", "%session-recipients", "%session-set-sender!",
+                "%session-add-recipient!", "%session-remove-recipient!", "%session-deliver-to!",
                 NULL);
+  scm_c_export ("%message-headers", "%message-add-header!", "%message-remove-header!",
+                "%message-set-header!", "%message-rename-header!", "%log", NULL);
 }
 
 /* ---- Per-session state ------------------------------------------------ */
@@ -215,6 +377,7 @@ struct GmPolicyWait
   SCM cell;
   guint stage_mask;
   MessageHandle *handle;        /* the data stage's message, while its rules run */
+  SessionHandle *session_handle; /* the session object, while the rules run */
   GmPolicyDone done;            /* while suspended */
   gpointer done_data;
   guint timer;                  /* the pause operation's timeout, if any */
@@ -290,6 +453,8 @@ gm_policy_forget (GmSession *s)
     g_source_remove (sp->timer);
   if (sp->handle)
     sp->handle->body = NULL;
+  if (sp->session_handle)
+    sp->session_handle->session = NULL;
   scm_gc_unprotect_object (sp->cell);
   g_hash_table_remove (sessions, s);
   g_free (sp);
@@ -395,6 +560,21 @@ verdict_from_scm (SCM result, GmVerdict *v, GError **error)
     v->kind = GM_VERDICT_ACCEPT;
   else if (scm_is_eq (kind, scm_from_utf8_symbol ("discard")))
     v->kind = GM_VERDICT_DISCARD;
+  else if (scm_is_eq (kind, scm_from_utf8_symbol ("quarantine")))
+    {
+      SCM name = scm_caddr (result);
+      char *n = scm_is_string (name) ? scm_to_utf8_string (name) : NULL;
+      gboolean ok = n && gm_valid_quarantine_name (n);
+      if (!ok)
+        g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "invalid quarantine name");
+      else
+        {
+          v->kind = GM_VERDICT_QUARANTINE;
+          v->text = g_strdup (n);
+        }
+      free (n);
+      return ok;
+    }
   else
     {
       gboolean reject = scm_is_eq (kind, scm_from_utf8_symbol ("reject"));
@@ -444,6 +624,11 @@ settle (SessionPolicy *sp, SCM result, GmVerdict *v)
       sp->handle->body = NULL;  /* the message object is dead from now on */
       sp->handle = NULL;
     }
+  if (sp->session_handle)
+    {
+      sp->session_handle->session = NULL;
+      sp->session_handle = NULL;
+    }
   g_autoptr (GError) error = NULL;
   if (scm_is_false (result) || !verdict_from_scm (result, v, &error))
     {
@@ -474,9 +659,13 @@ gm_policy_run (GmSession *s, GmVerdict *v, GmPolicyDone done, gpointer data)
   else if (stage != GM_STAGE_CONNECT)
     stage_args = scm_list_1 (scm_from_utf8_string (arg));
 
+  sp->session_handle = g_new0 (SessionHandle, 1);
+  sp->session_handle->session = s;
+  SCM handle = scm_from_pointer (sp->session_handle, g_free);
   SCM args = scm_list_n (scm_c_vector_ref (sp->cell, CELL_RULES),
                          scm_from_utf8_symbol (gm_stage_name (stage)), session_facts (s, stage),
-                         scm_c_vector_ref (sp->cell, CELL_VARS), msg, stage_args, SCM_UNDEFINED);
+                         scm_c_vector_ref (sp->cell, CELL_VARS), msg, handle, stage_args,
+                         SCM_UNDEFINED);
   SCM result = safe_call (run_stage, args);
   sp->done = done;
   sp->done_data = data;

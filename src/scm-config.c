@@ -164,6 +164,17 @@ set_local_delivery (SCM kind, SCM template)
   return SCM_UNSPECIFIED;
 }
 
+/* (%state-dir) → the state directory, absolute. */
+static SCM
+state_dir (void)
+{
+  if (g_path_is_absolute (gm_config.state_dir))
+    return scm_from_utf8_string (gm_config.state_dir);
+  g_autofree char *cwd = g_get_current_dir ();
+  g_autofree char *abs = g_build_filename (cwd, gm_config.state_dir, NULL);
+  return scm_from_utf8_string (abs);
+}
+
 /* (%settings) → list of setting names, for define-server's keyword check. */
 static SCM
 settings_names (void)
@@ -188,6 +199,7 @@ static const Primitive primitives[] = {
   { "%set-local-domains!", 1, 0, (scm_t_subr) set_local_domains },
   { "%set-local-delivery!", 2, 0, (scm_t_subr) set_local_delivery },
   { "%settings", 0, 0, (scm_t_subr) settings_names },
+  { "%state-dir", 0, 0, (scm_t_subr) state_dir },
 };
 
 static void

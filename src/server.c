@@ -284,7 +284,7 @@ spool_done (gpointer data)
   SpoolJob *job = data;
   Conn *c = job->conn;
   c->busy = FALSE;
-  if (!job->error)
+  if (!job->error && !job->env->quarantine)
     gm_queue_submit (job->env->id);
   GmSessionAction action = gm_session_spooled (c->session, job->error);
   g_clear_error (&job->error);

@@ -61,6 +61,23 @@ static const GmSetting settings[] = {
     "Longest delay between two delivery attempts." },
   { "max-queue-lifetime", GM_SETTING_SECONDS, OFF (max_queue_lifetime), "432000", 0, 31536000, NULL,
     "Seconds a message may stay undeliverable before its recipients fail permanently (default 5 days)." },
+  { "dns-resolver", GM_SETTING_CHOICE, OFF (dns_resolver), "system", 0, 0,
+    (const char *const[]) { "system", "forward", "recursive", NULL },
+    "Where rules' DNS lookups go: \"system\" asks the name servers of /etc/resolv.conf and "
+    "answers the names of /etc/hosts, \"forward\" asks the servers of dns-forwarders, "
+    "\"recursive\" resolves from the root name servers itself." },
+  { "dns-forwarders", GM_SETTING_STRING_LIST, OFF (dns_forwarders), "", 0, 0, NULL,
+    "Name servers asked when dns-resolver is \"forward\": a list of IPv4 or IPv6 addresses, "
+    "each optionally followed by @PORT (\"192.0.2.53\", \"2001:db8::53@5353\")." },
+  { "dns-timeout", GM_SETTING_SECONDS, OFF (dns_timeout), "5", 1, 600, NULL,
+    "Seconds a rule waits for a DNS answer; past that its lookup answers timeout." },
+  { "dns-local-data", GM_SETTING_STRING_LIST, OFF (dns_local_data), "", 0, 0, NULL,
+    "DNS records answered without asking any server, one resource record per string in "
+    "zone-file syntax (\"mx.example.test. 300 IN A 192.0.2.1\"), as unbound's local-data." },
+  { "dns-local-zones", GM_SETTING_STRING_LIST, OFF (dns_local_zones), "", 0, 0, NULL,
+    "Domains answered from dns-local-data alone, as unbound's local-zone: \"NAME\" (a name "
+    "without data answers that it does not exist) or \"NAME TYPE\" with an unbound "
+    "local-zone type such as static, transparent or refuse." },
 };
 
 const GmSetting *
@@ -317,8 +334,14 @@ bad:
 char *
 gm_config_local_path (const char *local_part)
 {
+  return gm_mailbox_path (gm_config.local_template, local_part);
+}
+
+char *
+gm_mailbox_path (const char *template, const char *local_part)
+{
   GString *path = g_string_new (NULL);
-  const char *t = gm_config.local_template;
+  const char *t = template;
   for (; *t; t++)
     {
       if (t[0] == '~' && t[1] == 'a')

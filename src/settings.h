@@ -40,6 +40,11 @@ typedef struct
   guint retry_min;              /* seconds */
   guint retry_max;              /* seconds */
   guint max_queue_lifetime;     /* seconds */
+  guint dns_resolver;           /* GmDnsResolver (dns.h): system, forward, recursive */
+  char **dns_forwarders;        /* NULL-terminated: "IP" or "IP@PORT" */
+  guint dns_timeout;            /* seconds */
+  char **dns_local_data;        /* NULL-terminated unbound local-data RRs */
+  char **dns_local_zones;       /* NULL-terminated "NAME [TYPE]" unbound local-zones */
 
   /* Local routing (set by local-domains and deliver-local). */
   char **local_domains;         /* NULL-terminated, lower case */
@@ -97,3 +102,5 @@ gboolean gm_parse_listen (const char *item, char **host, guint16 *port, GError *
 /* The path a local delivery for LOCAL_PART goes to, absolute (relative
  * templates are under state_dir). */
 char *gm_config_local_path (const char *local_part);
+/* The same for TEMPLATE ("mail/~a/Maildir": ~a the local part, ~~ a ~). */
+char *gm_mailbox_path (const char *template, const char *local_part);

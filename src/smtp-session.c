@@ -75,6 +75,8 @@ struct GmSession
   GmPath stage_path;            /* RCPT stage */
   gboolean discard;             /* a rule said discard: accept, then drop */
   gboolean discard_session;     /* ... at connect or helo: every message of the session */
+  char *quarantine;             /* a rule said quarantine NAME */
+  char *quarantine_session;     /* ... at connect or helo */
 
   /* BDAT chunk state. */
   guint64 chunk_left;
@@ -115,6 +117,8 @@ gm_session_free (GmSession *s)
   g_string_free (s->body, TRUE);
   g_free (s->helo);
   g_free (s->stage_arg);
+  g_free (s->quarantine);
+  g_free (s->quarantine_session);
   gm_path_clear (&s->stage_path);
   if (s->env)
     gm_envelope_free (s->env);
@@ -313,6 +317,8 @@ reset_transaction (GmSession *s)
   s->pending_cr = FALSE;
   s->chunk_error = -1;
   s->discard = s->discard_session;
+  g_free (s->quarantine);
+  s->quarantine = g_strdup (s->quarantine_session);
   g_string_truncate (s->header, 0);
   /* Keep the body buffer for the next message unless it grew large. */
   if (s->body->allocated_len > 1024 * 1024)
@@ -394,6 +400,7 @@ proceed_data (GmSession *s)
       return GM_SESSION_WANT_INPUT;
     }
   build_received (s);
+  s->env->quarantine = g_strdup (s->quarantine);
   s->mode = IN_SPOOLING;
   return GM_SESSION_SPOOL;
 }
@@ -833,6 +840,126 @@ dispatch (GmSession *s, char *line)
     }
 }
 
+/* ---- Envelope changes by rules ---------------------------------------- */
+
+/* Parse ADDRESS (without angle brackets) as a path. */
+static gboolean
+parse_address (const char *address, GmPathFlags flags, GmPath *path, const char **reason)
+{
+  g_autofree char *line = g_strdup_printf ("<%s>", address);
+  GmParam params[GM_MAX_PARAMS];
+  guint n_params;
+  return gm_parse_path_and_params (line, flags, path, params, &n_params, reason, NULL);
+}
+
+gboolean
+gm_session_set_sender (GmSession *s, const char *address, const char **reason)
+{
+  GmPath path;
+  if (!parse_address (address, GM_PATH_SENDER, &path, reason))
+    return FALSE;
+  g_autofree char *canonical = gm_path_to_string (&path);
+  gm_path_clear (&path);
+  if (s->mode == IN_POLICY && s->stage == GM_STAGE_MAIL)
+    {
+      /* Before the envelope exists: what proceed_mail will use. */
+      g_free (s->stage_arg);
+      s->stage_arg = g_steal_pointer (&canonical);
+      return TRUE;
+    }
+  if (!s->env)
+    {
+      *reason = "no transaction";
+      return FALSE;
+    }
+  g_free (s->env->sender);
+  s->env->sender = g_steal_pointer (&canonical);
+  return TRUE;
+}
+
+static GmSpoolRcpt *
+find_recipient (GmSession *s, const char *address, guint *index)
+{
+  for (guint i = 0; s->env && i < s->env->rcpts->len; i++)
+    {
+      GmSpoolRcpt *r = g_ptr_array_index (s->env->rcpts, i);
+      if (strcmp (r->address, address) == 0)
+        {
+          if (index)
+            *index = i;
+          return r;
+        }
+    }
+  return NULL;
+}
+
+gboolean
+gm_session_add_recipient (GmSession *s, const char *address, const char **reason)
+{
+  GmPath path;
+  if (!s->env)
+    {
+      *reason = "no transaction";
+      return FALSE;
+    }
+  if (!parse_address (address, GM_PATH_RECIPIENT, &path, reason))
+    return FALSE;
+  g_autofree char *canonical = gm_path_to_string (&path);
+  g_autofree char *mailbox = mailbox_name (path.local);
+  gboolean local = !path.domain || is_local_domain (path.domain);
+  gm_path_clear (&path);
+  if (!local)
+    *reason = "not in a local domain (delivery to other hosts does not exist yet)";
+  else if (!mailbox)
+    *reason = "local part not usable as a mailbox name";
+  else if (s->env->rcpts->len >= gm_config.max_recipients)
+    *reason = "too many recipients";
+  if (!local || !mailbox || s->env->rcpts->len >= gm_config.max_recipients)
+    return FALSE;
+  if (!find_recipient (s, canonical, NULL))
+    {
+      g_autofree char *destination = gm_config_local_path (mailbox);
+      gm_envelope_add_rcpt (s->env, canonical, gm_config.local_transport, destination);
+    }
+  return TRUE;
+}
+
+gboolean
+gm_session_remove_recipient (GmSession *s, const char *address)
+{
+  guint index;
+  if (!find_recipient (s, address, &index))
+    return FALSE;
+  g_ptr_array_remove_index (s->env->rcpts, index);
+  return TRUE;
+}
+
+gboolean
+gm_session_set_mailbox (GmSession *s, const char *address, GmTransport transport,
+                        const char *template, const char **reason)
+{
+  GmSpoolRcpt *r = find_recipient (s, address, NULL);
+  GmPath path;
+  if (!r)
+    {
+      *reason = "not a recipient of this message";
+      return FALSE;
+    }
+  if (!parse_address (address, GM_PATH_RECIPIENT, &path, reason))
+    return FALSE;
+  g_autofree char *mailbox = mailbox_name (path.local);
+  gm_path_clear (&path);
+  if (!mailbox)
+    {
+      *reason = "local part not usable as a mailbox name";
+      return FALSE;
+    }
+  r->transport = transport;
+  g_free (r->destination);
+  r->destination = gm_mailbox_path (template, mailbox);
+  return TRUE;
+}
+
 /* ---- Input ------------------------------------------------------------ */
 
 /* One command line, without its terminator. */
@@ -1121,8 +1248,9 @@ gm_session_spooled (GmSession *s, const GError *error)
     {
       replyf (s, GM_REPLY_QUEUED, "Ok: queued as %s", env->id);
       gm_log (env->id, "client=[%s]:%u, helo=%s, proto=%s, from=<%s>, size=%" G_GUINT64_FORMAT
-              ", nrcpt=%u", s->conn.client_address, s->conn.client_port, s->helo,
-              env->protocol, env->sender, s->size, env->rcpts->len);
+              ", nrcpt=%u%s%s", s->conn.client_address, s->conn.client_port, s->helo,
+              env->protocol, env->sender, s->size, env->rcpts->len,
+              env->quarantine ? ", quarantine=" : "", env->quarantine ? env->quarantine : "");
     }
   else
     {
@@ -1137,14 +1265,30 @@ gm_session_spooled (GmSession *s, const GError *error)
   return process (s);
 }
 
+/* A quarantine verdict: for the transaction, or the session (connect, helo). */
+static void
+set_quarantine (GmSession *s, const char *name, gboolean whole_session)
+{
+  if (!name)
+    return;
+  g_free (s->quarantine);
+  s->quarantine = g_strdup (name);
+  if (whole_session)
+    {
+      g_free (s->quarantine_session);
+      s->quarantine_session = g_strdup (name);
+    }
+}
+
 GmSessionAction
 gm_session_policy_done (GmSession *s, const GmVerdict *v)
 {
   g_return_val_if_fail (s->mode == IN_POLICY, GM_SESSION_CLOSE);
   GmStage stage = s->stage;
   gboolean proceed = v->kind == GM_VERDICT_NEXT || v->kind == GM_VERDICT_ACCEPT
-    || v->kind == GM_VERDICT_DISCARD;
+    || v->kind == GM_VERDICT_DISCARD || v->kind == GM_VERDICT_QUARANTINE;
   gboolean discard = v->kind == GM_VERDICT_DISCARD;
+  const char *quarantine = v->kind == GM_VERDICT_QUARANTINE ? v->text : NULL;
   s->mode = IN_COMMAND;
   if (!proceed)
     reply_verdict (s, v);
@@ -1158,6 +1302,7 @@ gm_session_policy_done (GmSession *s, const GmVerdict *v)
         {
           s->discard_session = discard;
           s->discard = discard;
+          set_quarantine (s, quarantine, TRUE);
           proceed_greeting (s);
         }
       else
@@ -1167,6 +1312,7 @@ gm_session_policy_done (GmSession *s, const GmVerdict *v)
       if (proceed)
         {
           s->discard_session |= discard;
+          set_quarantine (s, quarantine, TRUE);
           proceed_helo (s, s->stage_arg, s->stage_extended);
         }
       break;
@@ -1175,13 +1321,17 @@ gm_session_policy_done (GmSession *s, const GmVerdict *v)
         {
           proceed_mail (s, s->stage_arg, s->stage_smtputf8);
           s->discard |= discard;
+          set_quarantine (s, quarantine, FALSE);
         }
       break;
     case GM_STAGE_RCPT:
       if (proceed)
         {
           if (proceed_rcpt (s, &s->stage_path))
-            s->discard |= discard;
+            {
+              s->discard |= discard;
+              set_quarantine (s, quarantine, FALSE);
+            }
         }
       else
         s->rcpt_refused = TRUE;
@@ -1194,6 +1344,7 @@ gm_session_policy_done (GmSession *s, const GmVerdict *v)
           if (s->mode == IN_CLOSED)
             return GM_SESSION_CLOSE;
           s->discard |= discard;
+          set_quarantine (s, quarantine, FALSE);
           g_clear_pointer (&s->stage_arg, g_free);
           GmSessionAction action = proceed_data (s);
           if (action != GM_SESSION_WANT_INPUT)

@@ -70,6 +70,16 @@ const GmEnvelope *gm_session_envelope (GmSession *s);  /* NULL outside a transac
 guint64 gm_session_size (GmSession *s);                /* bytes of the message received */
 GString *gm_session_body (GmSession *s);               /* the message, LF line ends */
 
+/* Envelope changes by rules (mail stage: the sender only; rcpt and data
+ * stages: all). FALSE with a static *REASON when refused. Recipients added
+ * are routed like RCPT ones: local domains only for now. */
+gboolean gm_session_set_sender (GmSession *s, const char *address, const char **reason);
+gboolean gm_session_add_recipient (GmSession *s, const char *address, const char **reason);
+gboolean gm_session_remove_recipient (GmSession *s, const char *address);
+/* Deliver recipient ADDRESS into TEMPLATE (as in deliver-local) instead. */
+gboolean gm_session_set_mailbox (GmSession *s, const char *address, GmTransport transport,
+                                 const char *template, const char **reason);
+
 /* Facts for the I/O layer. */
 gboolean gm_session_reading_data (GmSession *s);   /* DATA or BDAT content: data-timeout applies */
 gboolean gm_session_in_transaction (GmSession *s); /* MAIL given and not finished */

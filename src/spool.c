@@ -76,6 +76,7 @@ gm_envelope_free (GmEnvelope *env)
   g_free (env->helo);
   g_free (env->protocol);
   g_free (env->sender);
+  g_free (env->quarantine);
   g_ptr_array_unref (env->rcpts);
   g_free (env);
 }
@@ -452,10 +453,15 @@ gm_spool_write (const char *state_dir, GmEnvelope *env, const char *header, gsiz
   g_autoptr (GString) records = format_records (env, header_len + body_len);
   g_autofree char *incoming_dir = spool_path (state_dir, "incoming", NULL);
   g_autofree char *free_dir = spool_path (state_dir, "free", NULL);
-  g_autofree char *queue_dir = spool_path (state_dir, "queue", NULL);
+  /* A quarantined message goes to quarantine/NAME/ instead of queue/. */
+  g_autofree char *queue_dir = env->quarantine
+    ? g_build_filename (state_dir, "spool", "quarantine", env->quarantine, NULL)
+    : spool_path (state_dir, "queue", NULL);
   g_autofree char *queued = g_build_filename (queue_dir, env->id, NULL);
   g_autofree char *incoming = NULL;
   gboolean recycled;
+  if (env->quarantine && g_mkdir_with_parents (queue_dir, 0700) < 0)
+    return set_errno_error (error, errno, "create", queue_dir);
 
   int fd = open_incoming (incoming_dir, free_dir, env->id, &incoming, &recycled, error);
   if (fd < 0)

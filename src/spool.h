@@ -65,6 +65,7 @@ typedef struct
   char *protocol;
   char *sender;                 /* "" for the null sender */
   GPtrArray *rcpts;             /* of GmSpoolRcpt*, owned */
+  char *quarantine;             /* not NULL: gm_spool_write stores it in quarantine/NAME/ (not in the file) */
 } GmEnvelope;
 
 GmEnvelope *gm_envelope_new (void);

@@ -104,3 +104,15 @@ gm_verdict_set_policy_failure (GmVerdict *v)
   g_strlcpy (v->esc, "4.3.0", sizeof v->esc);
   v->text = g_strdup ("Temporary policy failure");
 }
+
+gboolean
+gm_valid_quarantine_name (const char *name)
+{
+  gsize len = strlen (name);
+  if (len == 0 || len > 64 || name[0] == '.')
+    return FALSE;
+  for (const char *p = name; *p; p++)
+    if (!g_ascii_isalnum (*p) && *p != '.' && *p != '_' && *p != '-')
+      return FALSE;
+  return TRUE;
+}

@@ -21,6 +21,7 @@ typedef enum
   GM_VERDICT_REJECT,            /* 5xx */
   GM_VERDICT_DEFER,             /* 4xx */
   GM_VERDICT_DISCARD,           /* accept the message, then drop it (logged) */
+  GM_VERDICT_QUARANTINE,        /* accept the message, keep it in quarantine/NAME/ (text: NAME) */
 } GmVerdictKind;
 
 typedef struct
@@ -44,3 +45,7 @@ gboolean gm_verdict_set_reply (GmVerdict *v, GmVerdictKind kind, guint code, con
 
 /* The 451 4.3.0 given when a policy failed. */
 void gm_verdict_set_policy_failure (GmVerdict *v);
+
+/* A quarantine name: letters, digits, '.', '_' and '-', not starting with a
+ * dot, at most 64 bytes (it becomes a directory under spool/quarantine/). */
+gboolean gm_valid_quarantine_name (const char *name);

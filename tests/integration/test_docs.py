@@ -10,12 +10,15 @@ Checks:
     in doc/settings.texi that gives the row's default text (or, for a
     default computed at run time, says "Default:"), and settings.texi has no
     item for a setting the table does not know;
-  * every procedure in the #:export list of scheme/guillemot.scm has a @deffn
-    (or @deffnx) in doc/guillemot.texi;
+  * every procedure in the #:export list of scheme/guillemot.scm, and every
+    one it re-exports from another module (its #:re-export list, such as the
+    procedures of (guillemot address)), has a @deffn (or @deffnx) in
+    doc/guillemot.texi;
   * every subcommand and every option that `$GUILLEMOT --help` lists appears
     in doc/guillemot.8;
   * every setting has a paragraph (".TP" then ".BR #:NAME") in
-    doc/guillemot.scm.5, and every exported procedure appears in it;
+    doc/guillemot.scm.5, and every exported and re-exported procedure
+    appears in it;
   * when the tools are installed: makeinfo builds doc/guillemot.texi without
     a warning, and groff formats both man pages without a warning.
 
@@ -72,9 +75,11 @@ def settings_table():
     return rows
 
 
-def exported_procedures():
+def module_names(clause):
+    """The names in the CLAUSE list (#:export, #:re-export) of the
+    define-module form of scheme/guillemot.scm, in order."""
     source = read("scheme", "guillemot.scm")
-    m = re.search(r"#:export\s*\(", source)
+    m = re.search(r"%s\s*\(" % re.escape(clause), source)
     if not m:
         return []
     depth, i = 1, m.end()
@@ -83,6 +88,14 @@ def exported_procedures():
         i += 1
     body = re.sub(r";[^\n]*", "", source[m.end():i - 1])
     return body.split()
+
+
+def exported_procedures():
+    return module_names("#:export")
+
+
+def reexported_procedures():
+    return module_names("#:re-export")
 
 
 def help_entries():
@@ -145,14 +158,18 @@ def check_settings():
     return rows
 
 
-def check_deffns(exports):
+def check_deffns(exports, reexports):
     texi = read("doc", "guillemot.texi")
     documented = set()
     for m in re.finditer(r"^@deffnx?\s+(?:\{[^}]*\}|\S+)\s+(\S+)", texi, re.M):
         documented.add(m.group(1))
     check(exports, "scheme/guillemot.scm: the #:export list parses (%d names)" % len(exports))
+    check(reexports, "scheme/guillemot.scm: the #:re-export list parses (%d names)" % len(reexports))
     for name in exports:
         check(name in documented, "guillemot.texi has a @deffn for %s" % name,
+              ["no '@deffn {...} %s' in doc/guillemot.texi" % name])
+    for name in reexports:
+        check(name in documented, "guillemot.texi has a @deffn for %s (re-exported)" % name,
               ["no '@deffn {...} %s' in doc/guillemot.texi" % name])
 
 
@@ -175,7 +192,7 @@ def check_man8():
               ["'%s' does not appear in doc/guillemot.8" % option])
 
 
-def check_man5(rows, exports):
+def check_man5(rows, exports, reexports):
     man = man_text(read("doc", "guillemot.scm.5"))
     # Each setting is the tag of its own paragraph: ".TP" then ".BR #:name ...".
     missing = [name for name, _, _ in rows
@@ -185,6 +202,10 @@ def check_man5(rows, exports):
     missing = [name for name in exports
                if re.search(r"(?<![\w-])%s(?![\w?-])" % re.escape(name), man) is None]
     check(not missing, "guillemot.scm.5 lists every exported procedure",
+          ["missing: " + ", ".join(missing)])
+    missing = [name for name in reexports
+               if re.search(r"(?<![\w-])%s(?![\w?-])" % re.escape(name), man) is None]
+    check(not missing, "guillemot.scm.5 lists every re-exported procedure",
           ["missing: " + ", ".join(missing)])
 
 
@@ -223,16 +244,17 @@ def main():
         rows = []
     try:
         exports = exported_procedures()
-        check_deffns(exports)
+        reexports = reexported_procedures()
+        check_deffns(exports, reexports)
     except OSError as e:
         check(False, "scheme/guillemot.scm and doc/guillemot.texi are readable", [str(e)])
-        exports = []
+        exports, reexports = [], []
     try:
         check_man8()
     except OSError as e:
         check(False, "doc/guillemot.8 is readable", [str(e)])
     try:
-        check_man5(rows, exports)
+        check_man5(rows, exports, reexports)
     except OSError as e:
         check(False, "doc/guillemot.scm.5 is readable", [str(e)])
     check_tools()
