@@ -28,6 +28,7 @@
             verdict?
             client-address client-port local-address local-port
             helo-name esmtp? sender recipients queue-id message-size
+            tls? authenticated-user authenticated?
             session-ref session-set!
             header-ref header-add! header-remove! header-has? header-count header-set!
             header-rename!
@@ -307,6 +308,15 @@ templates are under the state directory), instead of the deliver-local one."
          template
          (string-append ((core '%state-dir)) "/" template)))))
 (define (queue-id s) "The queue id, in the data stage; #f before." (fact s 'queue-id))
+(define (tls? s)
+  "Is the connection encrypted?  Always #f until STARTTLS exists."
+  (fact s 'tls))
+(define (authenticated-user s)
+  "The user name the client authenticated as, or #f (always #f until AUTH exists)."
+  (fact s 'authenticated-user))
+(define (authenticated? s)
+  "Did the client authenticate?  Always #f until AUTH exists."
+  (and (authenticated-user s) #t))
 (define (message-size s) "The message size in bytes, in the data stage." (fact s 'size))
 
 (define (session-ref s key . default)

@@ -481,6 +481,8 @@ session_facts (GmSession *s, GmStage stage)
   FACT ("local-port", scm_from_uint16 (c->local_port));
   FACT ("helo", opt_string (gm_session_helo (s)));
   FACT ("esmtp", scm_from_bool (gm_session_esmtp (s)));
+  FACT ("tls", SCM_BOOL_F);                  /* STARTTLS and AUTH come with their issue */
+  FACT ("authenticated-user", SCM_BOOL_F);
   if (env)
     {
       SCM rcpts = SCM_EOL;
