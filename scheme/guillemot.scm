@@ -123,7 +123,8 @@ local part (lower-cased).  A relative path is under the state directory."
 
 (define stage-arities
   ;; stage -> the arguments its procedures take
-  '((connect . 1) (helo . 2) (mail . 2) (rcpt . 2) (data . 2)))
+  ;; auth: (s user), run once AUTH exists (with STARTTLS); rules load now.
+  '((connect . 1) (helo . 2) (auth . 2) (mail . 2) (rcpt . 2) (data . 2)))
 
 (define-record-type <rule>
   (make-rule stage name proc where)

@@ -6,6 +6,7 @@ typedef enum
 {
   GM_STAGE_CONNECT,
   GM_STAGE_HELO,
+  GM_STAGE_AUTH,                /* rules load; run once AUTH exists */
   GM_STAGE_MAIL,
   GM_STAGE_RCPT,
   GM_STAGE_DATA,
