@@ -33,9 +33,9 @@
             header-ref header-add! header-remove! header-has? header-count header-set!
             header-rename!
             log-message
-            suspend pause)
+            suspend)
   ;; Guile's core has a socket procedure named accept: here it is the verdict.
-  #:replace (accept rule))
+  #:replace (accept rule pause))
 
 ;; The C primitives live in (guillemot core), created by the server before
 ;; any configuration is read; look them up when called, so that this module
@@ -398,10 +398,6 @@ many were renamed."
 
 ;;; Running a stage (called by the server).
 
-(define (describe-error key args)
-  (string-trim-right
-   (call-with-output-string (lambda (port) (print-exception port #f key args)))))
-
 ;;; Suspension.  A rule that waits for I/O (a DNS answer, a database, a
 ;;; timer) calls (suspend OPERATION ARGS...): the rules' continuation up to
 ;;; the stage's prompt is handed to the server, which starts OPERATION and
@@ -413,6 +409,8 @@ many were renamed."
 (define (suspend operation . args)
   "Wait, without blocking the server, for OPERATION (a symbol the server
 knows, such as @code{pause}) done with ARGS; return its result."
+  (unless (symbol? operation)
+    (error (format #f "suspend: the operation must be a symbol, got ~s" operation)))
   (abort-to-prompt policy-prompt operation args))
 
 (define (pause seconds)
@@ -423,26 +421,32 @@ down a client that tries many addresses (tarpitting)."
     (error (format #f "pause: expected 0 to 600 seconds, got ~s" seconds)))
   (suspend 'pause (exact->inexact seconds)))
 
+(define in-stage? #f)                    ; Scheme code of a stage is running
+
 (define (under-prompt thunk)
-  (call-with-prompt policy-prompt
-    thunk
-    (lambda (k operation args) (list 'suspend k operation args))))
+  (set! in-stage? #t)
+  (let ((result (call-with-prompt policy-prompt
+                  thunk
+                  (lambda (k operation args) (list 'suspend k operation args)))))
+    (set! in-stage? #f)
+    result))
 
 ;;; Time budget.  The server arms a timer (#:rule-time-limit) whenever Scheme
 ;;; code of a stage runs; when it fires inside a rule, the rule is
 ;;; interrupted like any failing rule.
 
-(define running-rule #f)                ; the rule being run, for the alarm
-
 (define (%on-alarm signal)
-  (when running-rule
+  ;; The server arms the alarm only while a stage's Scheme code runs.
+  (when in-stage?
     (throw 'rule-time-limit)))
 
 (define (describe-error key args)
-  (if (eq? key 'rule-time-limit)
-      "interrupted: it ran longer than #:rule-time-limit"
+  (cond
+   ((eq? key 'rule-time-limit) "interrupted: it ran longer than #:rule-time-limit")
+   ((and (eq? key 'config-error) (pair? args) (string? (car args))) (car args))
+   (else
       (string-trim-right
-       (call-with-output-string (lambda (port) (print-exception port #f key args))))))
+       (call-with-output-string (lambda (port) (print-exception port #f key args)))))))
 
 (define (rule-place r)
   (if (rule-where r) (string-append ", " (rule-where r)) ""))
@@ -457,13 +461,8 @@ down a client that tries many addresses (tarpitting)."
      (else
       (let* ((r (car rs))
              (v (catch #t
-                  (lambda ()
-                    (set! running-rule r)
-                    (let ((v (apply (rule-proc r) session args)))
-                      (set! running-rule #f)
-                      v))
+                  (lambda () (apply (rule-proc r) session args))
                   (lambda (key . err)
-                    (set! running-rule #f)
                     ((core '%log) (fact session 'queue-id)
                      (format #f "policy error: rule ~s (~a~a) failed: ~a" (rule-name r) stage
                              (rule-place r) (describe-error key err)))

@@ -600,6 +600,21 @@ verdict_from_scm (SCM result, GmVerdict *v, GError **error)
   return TRUE;
 }
 
+typedef struct
+{
+  GmPolicyOperation start;
+  SCM args;
+  GmPolicyWait *wait;
+} StartCall;
+
+static SCM
+start_body (void *data)
+{
+  StartCall *call = data;
+  call->start (call->args, call->wait);
+  return SCM_BOOL_T;
+}
+
 /* The rules answered RESULT. TRUE: V is the verdict. FALSE: they wait for an
  * operation, started here. */
 static gboolean
@@ -614,13 +629,19 @@ settle (SessionPolicy *sp, SCM result, GmVerdict *v)
         {
           scm_c_vector_set_x (sp->cell, CELL_K, k);
           free (name);
-          start (scm_cadddr (result), sp);
-          return FALSE;
+          StartCall call = { start, scm_cadddr (result), sp };
+          /* An operation that throws on its arguments must not unwind into GLib. */
+          if (scm_is_true (scm_c_catch (SCM_BOOL_T, start_body, &call, call_failed, NULL, NULL, NULL)))
+            return FALSE;
+          scm_c_vector_set_x (sp->cell, CELL_K, SCM_BOOL_F);
+          result = SCM_BOOL_F;
+          goto verdict;
         }
       gm_log (NULL, "policy error: a rule waits for \"%s\", which this server does not know", name);
       free (name);
       result = SCM_BOOL_F;
     }
+verdict:
   if (sp->handle)
     {
       sp->handle->body = NULL;  /* the message object is dead from now on */
@@ -715,6 +736,8 @@ pause_over (gpointer data)
 static void
 pause_operation (SCM args, GmPolicyWait *wait)
 {
-  double seconds = scm_to_double (scm_car (args));
+  if (!scm_is_pair (args) || !scm_is_real (scm_car (args)))
+    scm_misc_error ("pause", "expected a number of seconds, got ~S", scm_list_1 (args));
+  double seconds = CLAMP (scm_to_double (scm_car (args)), 0, 600);
   wait->timer = g_timeout_add ((guint) (seconds * 1000), pause_over, wait);
 }

@@ -73,6 +73,7 @@ struct GmSession
   gboolean stage_extended;      /* HELO stage: EHLO */
   gboolean stage_smtputf8;      /* MAIL stage: SMTPUTF8 given */
   GmPath stage_path;            /* RCPT stage */
+  GmEnvelope *saved_env;        /* RCPT stage: the envelope before the rules changed it */
   gboolean discard;             /* a rule said discard: accept, then drop */
   gboolean discard_session;     /* ... at connect or helo: every message of the session */
   char *quarantine;             /* a rule said quarantine NAME */
@@ -120,6 +121,8 @@ gm_session_free (GmSession *s)
   g_free (s->quarantine);
   g_free (s->quarantine_session);
   gm_path_clear (&s->stage_path);
+  if (s->saved_env)
+    gm_envelope_free (s->saved_env);
   if (s->env)
     gm_envelope_free (s->env);
   g_free (s);
@@ -636,6 +639,34 @@ proceed_rcpt (GmSession *s, const GmPath *path)
   return TRUE;
 }
 
+/* Rules may change the envelope; a refused RCPT must leave it as it was. */
+static void
+save_envelope (GmSession *s)
+{
+  if (s->saved_env)
+    gm_envelope_free (s->saved_env);
+  s->saved_env = gm_envelope_new ();
+  s->saved_env->sender = g_strdup (s->env->sender);
+  for (guint i = 0; i < s->env->rcpts->len; i++)
+    {
+      GmSpoolRcpt *r = g_ptr_array_index (s->env->rcpts, i);
+      gm_envelope_add_rcpt (s->saved_env, r->address, r->transport, r->destination);
+    }
+}
+
+static void
+restore_envelope (GmSession *s)
+{
+  if (!s->saved_env || !s->env)
+    return;
+  GPtrArray *rcpts = s->env->rcpts;
+  s->env->rcpts = s->saved_env->rcpts;
+  s->saved_env->rcpts = rcpts;
+  char *sender = s->env->sender;
+  s->env->sender = s->saved_env->sender;
+  s->saved_env->sender = sender;
+}
+
 static void
 cmd_rcpt (GmSession *s, char *arg)
 {
@@ -665,6 +696,7 @@ cmd_rcpt (GmSession *s, char *arg)
       g_autofree char *address = gm_path_to_string (&path);
       if (ask_policy (s, GM_STAGE_RCPT, address))
         {
+          save_envelope (s);
           gm_path_clear (&s->stage_path);
           s->stage_path = path;         /* kept until the verdict */
           return;
@@ -1332,9 +1364,15 @@ gm_session_policy_done (GmSession *s, const GmVerdict *v)
               s->discard |= discard;
               set_quarantine (s, quarantine, FALSE);
             }
+          else
+            restore_envelope (s);     /* routing refused it after all */
         }
       else
-        s->rcpt_refused = TRUE;
+        {
+          s->rcpt_refused = TRUE;
+          restore_envelope (s);
+        }
+      g_clear_pointer (&s->saved_env, gm_envelope_free);
       gm_path_clear (&s->stage_path);
       break;
     case GM_STAGE_DATA:

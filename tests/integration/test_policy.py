@@ -1129,7 +1129,7 @@ def _():
     path, p = check_config(text)
     assert_equal(p.returncode, 1, "exit status (stdout %r, stderr %r)" % (p.stdout, p.stderr))
     line = line_of(text, "(rule nosuch")
-    assert_equal(p.stderr, "%s:%d:1: rule: unknown stage nosuch (known: connect, helo, mail, rcpt, data)\n"
+    assert_equal(p.stderr, "%s:%d:1: rule: unknown stage nosuch (known: connect, helo, auth, mail, rcpt, data)\n"
                  % (path, line), "stderr")
 
 
