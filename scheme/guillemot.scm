@@ -40,8 +40,12 @@
 ;; The C primitives live in (guillemot core), created by the server before
 ;; any configuration is read; look them up when called, so that this module
 ;; also compiles without the server.
+(define core-interface #f)              ; found once: rules call primitives often
+
 (define (core name)
-  (module-ref (resolve-interface '(guillemot core)) name))
+  (unless core-interface
+    (set! core-interface (resolve-interface '(guillemot core))))
+  (module-ref core-interface name))
 
 (define (config-error message . args)
   (throw 'config-error (apply format #f message args)))
@@ -336,7 +340,9 @@ templates are under the state directory), instead of the deliver-local one."
 
 (define (header-ref msg name)
   "All values of the header NAME (case-insensitive), in order; '() if none."
-  (filter-map (lambda (h) (and (string-ci=? (car h) name) (cdr h))) (headers-of msg)))
+  (unless (string? name)
+    (error (format #f "header-ref: the name must be a string, got ~s" name)))
+  ((core '%message-header-values) msg name))
 
 (define (check-header who name value)
   (unless (and (string? name) (positive? (string-length name))

@@ -125,6 +125,37 @@ message_headers (SCM msg)
   return scm_reverse_x (list, SCM_EOL);
 }
 
+typedef struct
+{
+  const char *name;
+  SCM values;
+} ValueScan;
+
+static gboolean
+collect_values (const char *name, gsize name_len, gsize start, gsize len, gpointer data)
+{
+  ValueScan *scan = data;
+  if (strlen (scan->name) != name_len || g_ascii_strncasecmp (name, scan->name, name_len) != 0)
+    return TRUE;
+  SCM pair = SCM_EOL;
+  collect_header (name, name_len, start, len, &pair);
+  scan->values = scm_cons (scm_cdar (pair), scan->values);
+  return TRUE;
+}
+
+/* (%message-header-values msg name) → the values of NAME, in order: what
+ * header-ref answers, without building the whole header list. */
+static SCM
+message_header_values (SCM msg, SCM name)
+{
+  MessageHandle *h = message_handle (msg, "header-ref");
+  char *n = scm_to_utf8_string (name);
+  ValueScan scan = { n, SCM_EOL };
+  for_each_header (h->body, collect_values, &scan);
+  free (n);
+  return scm_reverse_x (scan.values, SCM_EOL);
+}
+
 /* (%message-add-header! msg name value bottom?) */
 static SCM
 message_add_header (SCM msg, SCM name, SCM value, SCM bottom)
@@ -350,6 +381,7 @@ gm_policy_define_primitives (void)
   scm_c_define_gsubr ("%message-headers", 1, 0, 0, (scm_t_subr) message_headers);
   scm_c_define_gsubr ("%message-add-header!", 4, 0, 0, (scm_t_subr) message_add_header);
   scm_c_define_gsubr ("%message-remove-header!", 2, 0, 0, (scm_t_subr) message_remove_header);
+  scm_c_define_gsubr ("%message-header-values", 2, 0, 0, (scm_t_subr) message_header_values);
   scm_c_define_gsubr ("%message-set-header!", 3, 0, 0, (scm_t_subr) message_set_header);
   scm_c_define_gsubr ("%message-rename-header!", 3, 0, 0, (scm_t_subr) message_rename_header);
   scm_c_define_gsubr ("%log", 2, 0, 0, (scm_t_subr) log_from_scheme);
@@ -363,7 +395,8 @@ gm_policy_define_primitives (void)
                 "%session-add-recipient!", "%session-remove-recipient!", "%session-deliver-to!",
                 NULL);
   scm_c_export ("%message-headers", "%message-add-header!", "%message-remove-header!",
-                "%message-set-header!", "%message-rename-header!", "%log", NULL);
+                "%message-set-header!", "%message-rename-header!", "%message-header-values",
+                "%log", NULL);
 }
 
 /* ---- Per-session state ------------------------------------------------ */
