@@ -11,8 +11,12 @@
   #:use-module (ice-9 match)
   #:use-module (ice-9 regex)
   #:use-module (guillemot address)
+  #:use-module (guillemot mime)
   #:re-export (address-local address-domain domain-matches? parse-cidr cidr? cidr->string
-               address-in? address-in-any?)
+               address-in? address-in-any?
+               message-parts message-parts-truncated? mime-part? part-content-type
+               part-charset part-filename part-filenames part-disposition part-size part-body
+               part-text part-attachment? attachment-filenames)
   #:export (define-server
             local-domains
             deliver-local

@@ -2,6 +2,8 @@
  *
  *   serve -c FILE [--set KEY=VALUE]...   run in the foreground, log to stderr
  *   check-config -c FILE [--set ...]     load the configuration, report errors
+ *   reload -c FILE [--set ...]           ask the running server to reload its configuration
+ *   repl -c FILE [--set ...]             attach the terminal to the server's REPL
  *   --version, --help                    */
 #include "config.h"
 
@@ -12,6 +14,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "control.h"
 #include "log.h"
 #include "policy.h"
 #include "queue.h"
@@ -36,6 +39,8 @@ static const char usage[] =
   "Commands:\n"
   "  serve -c FILE          run the server in the foreground, logging to stderr\n"
   "  check-config -c FILE   load FILE and report the first error as FILE:LINE:COLUMN\n"
+  "  reload -c FILE         make the running server load its configuration file again\n"
+  "  repl -c FILE           attach to the running server's Guile REPL\n"
   "\n"
   "Options:\n"
   "  -c, --config FILE      the configuration file (Scheme)\n"
@@ -48,40 +53,43 @@ static const char serve_usage[] =
   "Usage: guillemot serve -c FILE [--set KEY=VALUE]... [-v]\n"
   "Run the server in the foreground with the configuration FILE, logging to stderr.\n"
   "--set overrides a setting of define-server (listen takes a comma-separated list\n"
-  "of HOST:PORT and [IPV6]:PORT). SIGTERM or SIGINT stops it gracefully.\n";
+  "of HOST:PORT and [IPV6]:PORT). SIGTERM or SIGINT stops it gracefully; SIGHUP\n"
+  "reloads the configuration file.\n";
 
 static const char check_usage[] =
   "Usage: guillemot check-config -c FILE [--set KEY=VALUE]...\n"
   "Load FILE without serving. Exit 0 when it is valid; otherwise print\n"
   "FILE:LINE:COLUMN: message and exit 1.\n";
 
+static const char reload_usage[] =
+  "Usage: guillemot reload -c FILE [--set KEY=VALUE]...\n"
+  "Make the running server load its configuration file again (as SIGHUP does),\n"
+  "with the --set overrides it was started with. FILE and --set find the server\n"
+  "(its state-dir), as serve was given them; FILE is checked first, and an error\n"
+  "in it is reported without asking the server.\n"
+  "Sessions that start after the reload get the new rules; sessions in progress\n"
+  "finish with theirs. Settings apply at once, except listen, state-dir, workers\n"
+  "and the dns-* resolver settings, which need a restart (the server warns and\n"
+  "keeps them).\n"
+  "Exit 0 when the server reloaded; otherwise print the error\n"
+  "(FILE:LINE:COLUMN: message) and exit 1: the server keeps its configuration.\n";
+
+static const char repl_usage[] =
+  "Usage: guillemot repl -c FILE [--set KEY=VALUE]...\n"
+  "Attach the terminal to the running server's Guile REPL, on\n"
+  "STATE-DIR/control/repl.sock; FILE and --set find the state-dir, as serve was\n"
+  "given them. Inside: (rules), (sessions), (queue), (reload!), and\n"
+  "(rule STAGE NAME PROC) to change the rules of new sessions. What you type runs\n"
+  "in the server's main thread: keep it short. ,quit or Ctrl-D leaves.\n";
+
 static gboolean
 load_configuration (Invocation *inv)
 {
   g_autoptr (GError) error = NULL;
-  gm_config_reset ();
-  if (!gm_scm_load_config (inv->config_file, &error))
+  if (!gm_control_load (inv->config_file, (const char *const *) inv->overrides->pdata, &error))
     {
       fprintf (stderr, "%s\n", error->message);
       return FALSE;
-    }
-  for (guint i = 0; i < inv->overrides->len; i++)
-    if (!gm_config_apply_override (g_ptr_array_index (inv->overrides, i), &error))
-      {
-        fprintf (stderr, "guillemot: %s\n", error->message);
-        return FALSE;
-      }
-  if (!gm_config_validate (&error))
-    {
-      fprintf (stderr, "%s: %s\n", inv->config_file, error->message);
-      return FALSE;
-    }
-  if (!g_path_is_absolute (gm_config.state_dir))
-    {
-      g_autofree char *cwd = g_get_current_dir ();
-      char *abs = g_build_filename (cwd, gm_config.state_dir, NULL);
-      g_free (gm_config.state_dir);
-      gm_config.state_dir = abs;
     }
   return TRUE;
 }
@@ -108,20 +116,24 @@ serve (Invocation *inv)
       gm_log (NULL, "fatal: %s", error->message);
       return 1;
     }
-  gm_workers_init (gm_config.workers);
-  if (!gm_server_listen (&error))
+  /* Before anything else uses the state-dir: fails when another server does. */
+  if (!gm_control_start (inv->config_file, (const char *const *) inv->overrides->pdata, &error))
     {
       gm_log (NULL, "fatal: %s", error->message);
       return 1;
     }
-  if (!gm_queue_start (&error))
+  gm_workers_init (gm_config.workers);
+  if (!gm_server_listen (&error) || !gm_queue_start (&error))
     {
       gm_log (NULL, "fatal: %s", error->message);
+      gm_control_stop ();
       return 1;
     }
   gm_log (NULL, "started: Guillemot %s, hostname=%s, state-dir=%s", PACKAGE_VERSION,
           gm_config.hostname, gm_config.state_dir);
-  return gm_server_run ();
+  int status = gm_server_run ();
+  gm_control_stop ();
+  return status;
 }
 
 static void *
@@ -131,17 +143,27 @@ run_with_guile (void *data)
   gm_scm_init_config ();
   if (!load_configuration (inv))
     {
+      if (strcmp (inv->command, "reload") == 0)
+        fprintf (stderr, "guillemot reload: %s has an error: the server was not asked to reload\n",
+                 inv->config_file);
       inv->status = 1;
       return NULL;
     }
-  gm_policy_init ();
-  if (strcmp (inv->command, "check-config") == 0)
+  if (strcmp (inv->command, "reload") == 0)
+    inv->status = gm_control_client_reload (gm_config.state_dir);
+  else if (strcmp (inv->command, "repl") == 0)
+    inv->status = gm_control_client_repl (gm_config.state_dir);
+  else if (strcmp (inv->command, "check-config") == 0)
     {
+      gm_policy_init ();
       printf ("%s: configuration is valid\n", inv->config_file);
       inv->status = 0;
     }
   else
-    inv->status = serve (inv);
+    {
+      gm_policy_init ();
+      inv->status = serve (inv);
+    }
   return NULL;
 }
 
@@ -199,6 +221,10 @@ main (int argc, char **argv)
             command_usage = serve_usage;
           else if (strcmp (a, "check-config") == 0)
             command_usage = check_usage;
+          else if (strcmp (a, "reload") == 0)
+            command_usage = reload_usage;
+          else if (strcmp (a, "repl") == 0)
+            command_usage = repl_usage;
           else
             {
               fprintf (stderr, "guillemot: unknown command \"%s\"\n\n%s", a, usage);
@@ -225,6 +251,7 @@ main (int argc, char **argv)
       fprintf (stderr, "guillemot %s: -c FILE is required\n\n%s", inv.command, command_usage);
       return 2;
     }
+  g_ptr_array_add (inv.overrides, NULL);       /* a NULL-terminated list from here on */
   scm_with_guile (run_with_guile, &inv);
   g_ptr_array_free (inv.overrides, TRUE);
   return inv.status;

@@ -21,6 +21,8 @@
 typedef struct
 {
   char *id;
+  char *state_dir, *hostname;   /* copies: a reload replaces gm_config's strings */
+  guint max_queue_lifetime;
   /* Filled by the worker. */
   guint pending;                /* recipients still to do */
   gboolean corrupt;
@@ -51,7 +53,7 @@ deliver_work (gpointer data)
 {
   Delivery *d = data;
   g_autoptr (GError) error = NULL;
-  g_autoptr (GmQueueFile) qf = gm_queue_file_open (gm_config.state_dir, d->id, &error);
+  g_autoptr (GmQueueFile) qf = gm_queue_file_open (d->state_dir, d->id, &error);
   if (!qf)
     {
       d->corrupt = g_error_matches (error, GM_SPOOL_ERROR, GM_SPOOL_ERROR_CORRUPT);
@@ -64,8 +66,8 @@ deliver_work (gpointer data)
     }
   GmEnvelope *env = qf->env;
   gint64 now = g_get_real_time ();
-  gboolean expired = gm_config.max_queue_lifetime > 0
-    && now / G_USEC_PER_SEC - env->arrival > (gint64) gm_config.max_queue_lifetime;
+  gboolean expired = d->max_queue_lifetime > 0
+    && now / G_USEC_PER_SEC - env->arrival > (gint64) d->max_queue_lifetime;
   /* The queue id holds the arrival time to the microsecond; the A record only
    * to the second. */
   gint64 arrived = gm_spool_id_time (env->id);
@@ -80,7 +82,7 @@ deliver_work (gpointer data)
       if (r->status != GM_RCPT_PENDING)
         continue;
       GmDeliveryInfo info = { env->id, i, env->arrival, env->sender, r->address,
-                              gm_config.hostname };
+                              d->hostname };
       g_autofree char *detail = NULL;
       GmDeliveryResult result;
       if (r->transport == GM_TRANSPORT_MAILDIR)
@@ -151,6 +153,8 @@ deliver_done (gpointer data)
 {
   Delivery *d = data;
   active--;
+  g_free (d->state_dir);
+  g_free (d->hostname);
   if (d->pending == 0 || d->corrupt)
     {
       g_hash_table_remove (known, d->id);
@@ -179,6 +183,9 @@ kick (void)
     {
       Delivery *d = g_new0 (Delivery, 1);
       d->id = g_queue_pop_head (&ready);
+      d->state_dir = g_strdup (gm_config.state_dir);
+      d->hostname = g_strdup (gm_config.hostname);
+      d->max_queue_lifetime = gm_config.max_queue_lifetime;
       active++;
       gm_workers_push (deliver_work, deliver_done, d);
     }

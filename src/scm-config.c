@@ -10,6 +10,7 @@
 #include <gio/gio.h>
 
 #include "policy.h"
+#include "scm-mime.h"
 #include "settings.h"
 
 static SCM config_error_key;
@@ -212,6 +213,7 @@ define_core (void *unused)
       scm_c_export (primitives[i].name, NULL);
     }
   gm_policy_define_primitives ();
+  gm_scm_init_mime ();
 }
 
 static void

@@ -3,7 +3,8 @@
  * The I/O layer around the session state machine: reads bytes, feeds the
  * session, writes its replies, runs the spool job it asks for on a worker
  * thread, and applies the connection limits and timeouts. One GLib source per
- * connection; one 1-second timer checks every connection's idle time. */
+ * connection; one 1-second timer checks every connection's idle time. SIGHUP
+ * reloads the configuration (control.c). */
 #include "config.h"
 #include "server.h"
 
@@ -16,6 +17,7 @@
 #include <glib-unix.h>
 #include <gio/gio.h>
 
+#include "control.h"
 #include "log.h"
 #include "policy.h"
 #include "queue.h"
@@ -49,6 +51,7 @@ struct Conn
   GmSession *session;
   char client[INET6_ADDRSTRLEN];
   guint16 client_port;
+  gint64 connected;             /* monotonic µs */
   gint64 last_activity;         /* monotonic µs */
   gboolean busy;                /* a spool write or the rules are running for it */
   gboolean closing;             /* flush, then close */
@@ -262,6 +265,7 @@ conn_settle (Conn *c)
 typedef struct
 {
   Conn *conn;
+  char *state_dir;              /* a copy: a reload may replace gm_config's strings */
   GmEnvelope *env;
   const GString *header;
   const GString *body;
@@ -272,7 +276,7 @@ static void
 spool_work (gpointer data)
 {
   SpoolJob *job = data;
-  gm_spool_write (gm_config.state_dir, job->env, job->header->str, job->header->len,
+  gm_spool_write (job->state_dir, job->env, job->header->str, job->header->len,
                   job->body->str, job->body->len, &job->error);
 }
 
@@ -288,6 +292,7 @@ spool_done (gpointer data)
     gm_queue_submit (job->env->id);
   GmSessionAction action = gm_session_spooled (c->session, job->error);
   g_clear_error (&job->error);
+  g_free (job->state_dir);
   g_free (job);
   c->last_activity = g_get_monotonic_time ();
   conn_act (c, action);
@@ -324,6 +329,7 @@ conn_act (Conn *c, GmSessionAction action)
     {
       SpoolJob *job = g_new0 (SpoolJob, 1);
       job->conn = c;
+      job->state_dir = g_strdup (gm_config.state_dir);
       gm_session_message (c->session, &job->env, &job->header, &job->body);
       c->busy = TRUE;
       gm_workers_push (spool_work, spool_done, job);
@@ -403,7 +409,7 @@ on_accept (gint lfd, GIOCondition cond, gpointer data)
       c->link.data = c;
       memcpy (c->client, client, sizeof client);
       c->client_port = client_port;
-      c->last_activity = g_get_monotonic_time ();
+      c->connected = c->last_activity = g_get_monotonic_time ();
       GmConnInfo info = { client, client_port, local_text, local_port };
       c->session = gm_session_new (&info);
       c->source = g_source_new (&conn_source_funcs, sizeof (ConnSource));
@@ -478,9 +484,28 @@ on_signal (gpointer data)
 static gboolean
 on_hangup (gpointer data)
 {
-  /* Until live reload exists, SIGHUP must not kill the server. */
-  gm_log (NULL, "SIGHUP ignored: configuration reload is not supported yet; restart to apply changes");
+  /* Logged by the reload, success or failure; the server goes on either way. */
+  gm_control_reload ("SIGHUP", NULL, NULL);
   return G_SOURCE_CONTINUE;
+}
+
+/* For the REPL's (sessions). */
+void
+gm_server_foreach_session (GmServerSessionFunc func, gpointer data)
+{
+  gint64 now = g_get_monotonic_time ();
+  for (GList *l = conns.head; l; l = l->next)
+    {
+      Conn *c = l->data;
+      GmServerSessionInfo info = {
+        c->session,
+        c->closing ? "closing" : c->busy ? "busy"
+        : gm_session_reading_data (c->session) ? "data"
+        : gm_session_in_transaction (c->session) ? "transaction" : "idle",
+        now - c->connected, now - c->last_activity,
+      };
+      func (&info, data);
+    }
 }
 
 int

@@ -40,22 +40,70 @@
 ;; The primitives live in (guillemot core), made by the server; look them up
 ;; when called, so that this module compiles and loads without the server,
 ;; and without (guillemot), which re-exports this module.
+(define core-interface #f)              ; found once: rules call primitives often
+
 (define (core name)
-  (module-ref (resolve-interface '(guillemot core)) name))
+  (unless core-interface
+    (set! core-interface (resolve-interface '(guillemot core))))
+  (module-ref core-interface name))
 
 (define-record-type <mime-part>
   (make-mime-part message parse index content-type charset filename filenames
                   disposition size)
-  mime-part?
+  %mime-part?
   (message part-message)
   (parse part-parse)
   (index part-index)
-  (content-type part-content-type)
-  (charset part-charset)
-  (filename part-filename)
-  (filenames part-filenames)
-  (disposition part-disposition)
-  (size part-size))
+  (content-type %part-content-type)
+  (charset %part-charset)
+  (filename %part-filename)
+  (filenames %part-filenames)
+  (disposition %part-disposition)
+  (size %part-size))
+
+;; The exported predicate and accessors are procedures rather than the
+;; record's own inlinable bindings, which are macros: a configuration may
+;; fetch them with module-ref, as examples/policy.scm does.
+
+(define (mime-part? object)
+  "Is OBJECT a MIME part record, as @code{message-parts} returns?"
+  (%mime-part? object))
+
+(define (part-content-type part)
+  "The content type of PART as @samp{@var{type}/@var{subtype}} in lower
+case, without parameters (text/plain when the part does not say):
+@code{(part-content-type p)} @result{} @code{\"application/x-msdownload\"}."
+  (%part-content-type part))
+
+(define (part-charset part)
+  "The @code{charset} parameter of the Content-Type of PART in lower case, or
+@code{#f}: @code{(part-charset p)} @result{} @code{\"iso-8859-1\"}."
+  (%part-charset part))
+
+(define (part-disposition part)
+  "The Content-Disposition of PART (RFC 2183) in lower case, or @code{#f} when
+it has none: @code{(part-disposition p)} @result{} @code{\"attachment\"}."
+  (%part-disposition part))
+
+(define (part-size part)
+  "The size in bytes of the decoded content of PART, what @code{part-body}
+returns: @code{(part-size p)} @result{} 24576."
+  (%part-size part))
+
+(define (part-filename part)
+  "The file name of PART: the @code{filename} parameter of its
+Content-Disposition, or when there is none the @code{name} parameter of its
+Content-Type; @code{#f} when it has neither.  RFC 2231 and RFC 2047 encodings
+are decoded: @code{(part-filename p)} @result{} @code{\"evil.exe\"} for
+@code{filename*=UTF-8''evil%2Eexe}."
+  (%part-filename part))
+
+(define (part-filenames part)
+  "The names PART gives: both when the Content-Disposition filename and the
+Content-Type name differ, the one name when there is one, @code{'()} when
+there is none: @code{(part-filenames p)} @result{} @code{(\"a.pdf\"
+\"a.exe\")}."
+  (%part-filenames part))
 
 (define (vector->part msg parse v)
   (make-mime-part msg parse

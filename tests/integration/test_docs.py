@@ -160,6 +160,9 @@ def check_settings():
 
 def check_deffns(exports, reexports):
     texi = read("doc", "guillemot.texi")
+    for name in re.findall(r"^@include\s+(\S+)\s*$", texi, re.M):
+        if os.path.exists(os.path.join(TOP_SRCDIR, "doc", name)):
+            texi += read("doc", name)
     documented = set()
     for m in re.finditer(r"^@deffnx?\s+(?:\{[^}]*\}|\S+)\s+(\S+)", texi, re.M):
         documented.add(m.group(1))
