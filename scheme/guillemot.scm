@@ -463,6 +463,26 @@ down a client that tries many addresses (tarpitting)."
 
 (define policy-failure '(defer 451 "4.3.0 Temporary policy failure"))
 
+(define trace? #f)                       ; guillemot test-session: log each verdict
+
+(define (%set-trace! on)
+  (set! trace? on))
+
+(define (trace-verdict r stage v start)
+  (when trace?
+    ((core '%log) #f
+     (format #f "rule ~s (~a): ~a, ~a ms" (rule-name r) stage
+             (cond ((verdict? v)
+                    (if (verdict-code v)
+                        (format #f "~a ~a ~a" (verdict-kind v) (verdict-code v) (verdict-text v))
+                        (format #f "~a~a" (verdict-kind v)
+                                (if (verdict-text v) (string-append " " (verdict-text v)) ""))))
+                   ((eq? v 'failed) "failed")
+                   (else (format #f "~s (not a verdict)" v)))
+             (/ (round (/ (* 1000000 (- (get-internal-real-time) start))
+                          internal-time-units-per-second))
+                1000.0)))))
+
 (define (run-rules rule-set stage session args)
   (let loop ((rs rule-set))
     (cond
@@ -470,6 +490,7 @@ down a client that tries many addresses (tarpitting)."
      ((not (eq? (rule-stage (car rs)) stage)) (loop (cdr rs)))
      (else
       (let* ((r (car rs))
+             (start (get-internal-real-time))
              (v (catch #t
                   (lambda () (apply (rule-proc r) session args))
                   (lambda (key . err)
@@ -477,6 +498,7 @@ down a client that tries many addresses (tarpitting)."
                      (format #f "policy error: rule ~s (~a~a) failed: ~a" (rule-name r) stage
                              (rule-place r) (describe-error key err)))
                     'failed))))
+        (trace-verdict r stage v start)
         (cond
          ((eq? v 'failed) policy-failure)
          ((not (verdict? v))

@@ -22,6 +22,7 @@
 #include "server.h"
 #include "settings.h"
 #include "spool.h"
+#include "test-session.h"
 #include "workers.h"
 
 typedef struct
@@ -29,6 +30,9 @@ typedef struct
   const char *command;
   const char *config_file;
   GPtrArray *overrides;         /* "KEY=VALUE" */
+  const char *client;           /* test-session: --client */
+  const char *local;            /* test-session: --local */
+  const char *input;            /* test-session: the conversation file, or NULL for stdin */
   int status;
 } Invocation;
 
@@ -41,6 +45,8 @@ static const char usage[] =
   "  check-config -c FILE   load FILE and report the first error as FILE:LINE:COLUMN\n"
   "  reload -c FILE         make the running server load its configuration file again\n"
   "  repl -c FILE           attach to the running server's Guile REPL\n"
+  "  test-session -c FILE [CONVERSATION]\n"
+  "                         dry run: replies and each rule's verdict, no network, no delivery\n"
   "\n"
   "Options:\n"
   "  -c, --config FILE      the configuration file (Scheme)\n"
@@ -73,6 +79,15 @@ static const char reload_usage[] =
   "keeps them).\n"
   "Exit 0 when the server reloaded; otherwise print the error\n"
   "(FILE:LINE:COLUMN: message) and exit 1: the server keeps its configuration.\n";
+
+static const char test_session_usage[] =
+  "Usage: guillemot test-session -c FILE [--client ADDR[:PORT]] [--local ADDR[:PORT]] [CONVERSATION]\n"
+  "Run the client lines of CONVERSATION (a file; standard input when absent), one\n"
+  "command or message line per line, through the real SMTP state machine and the\n"
+  "rules of FILE, as if they came from --client (default 192.0.2.1:40000) to --local\n"
+  "(default 192.0.2.25:25). Print each line (>>>), each reply (<<<), each rule's\n"
+  "verdict and time, the log, and what would be queued. Nothing is sent, spooled or\n"
+  "delivered; rules that wait (pause, DNS) really wait. IPv6: --client [2001:db8::1]:40000.\n";
 
 static const char repl_usage[] =
   "Usage: guillemot repl -c FILE [--set KEY=VALUE]...\n"
@@ -153,6 +168,11 @@ run_with_guile (void *data)
     inv->status = gm_control_client_reload (gm_config.state_dir);
   else if (strcmp (inv->command, "repl") == 0)
     inv->status = gm_control_client_repl (gm_config.state_dir);
+  else if (strcmp (inv->command, "test-session") == 0)
+    {
+      gm_policy_init ();
+      inv->status = gm_test_session_run (inv->input, inv->client, inv->local);
+    }
   else if (strcmp (inv->command, "check-config") == 0)
     {
       gm_policy_init ();
@@ -175,7 +195,7 @@ main (int argc, char **argv)
    * not the administrator's language. */
   setlocale (LC_TIME, "C");
   setlocale (LC_NUMERIC, "C");
-  Invocation inv = { NULL, NULL, g_ptr_array_new (), 0 };
+  Invocation inv = { NULL, NULL, g_ptr_array_new (), NULL, NULL, NULL, 0 };
   const char *command_usage = usage;
 
   if (argc < 2)
@@ -214,6 +234,14 @@ main (int argc, char **argv)
         g_ptr_array_add (inv.overrides, (char *) a + strlen ("--set="));
       else if (strcmp (a, "-v") == 0 || strcmp (a, "--verbose") == 0)
         gm_log_set_verbose (TRUE);
+      else if (strcmp (a, "--client") == 0 || strcmp (a, "--local") == 0)
+        {
+          if (++i == argc)
+            goto missing;
+          *(strcmp (a, "--client") == 0 ? &inv.client : &inv.local) = argv[i];
+        }
+      else if (inv.command && strcmp (inv.command, "test-session") == 0 && a[0] != '-' && !inv.input)
+        inv.input = a;
       else if (!inv.command && a[0] != '-')
         {
           inv.command = a;
@@ -225,6 +253,8 @@ main (int argc, char **argv)
             command_usage = reload_usage;
           else if (strcmp (a, "repl") == 0)
             command_usage = repl_usage;
+          else if (strcmp (a, "test-session") == 0)
+            command_usage = test_session_usage;
           else
             {
               fprintf (stderr, "guillemot: unknown command \"%s\"\n\n%s", a, usage);
