@@ -305,32 +305,33 @@ session_recipients (SCM handle)
   return list;
 }
 
+typedef gboolean (*EnvelopeChange) (GmSession *s, const char *address, const char **reason);
+
+/* Apply CHANGE with ADDRESS; a refusal becomes a Scheme error naming WHO. */
 static SCM
-session_set_sender (SCM handle, SCM address)
+change_envelope (SCM handle, SCM address, const char *who, EnvelopeChange change)
 {
-  GmSession *s = session_of (handle, "set-sender!");
+  GmSession *s = session_of (handle, who);
   char *a = scm_to_utf8_string (address);
   const char *reason = NULL;
-  gboolean ok = gm_session_set_sender (s, a, &reason);
+  gboolean ok = change (s, a, &reason);
   SCM text = scm_from_utf8_string (a);
   free (a);
   if (!ok)
-    scm_misc_error ("set-sender!", "~S: ~A", scm_list_2 (text, scm_from_utf8_string (reason)));
+    scm_misc_error (who, "~S: ~A", scm_list_2 (text, scm_from_utf8_string (reason)));
   return SCM_UNSPECIFIED;
+}
+
+static SCM
+session_set_sender (SCM handle, SCM address)
+{
+  return change_envelope (handle, address, "set-sender!", gm_session_set_sender);
 }
 
 static SCM
 session_add_recipient (SCM handle, SCM address)
 {
-  GmSession *s = session_of (handle, "add-recipient!");
-  char *a = scm_to_utf8_string (address);
-  const char *reason = NULL;
-  gboolean ok = gm_session_add_recipient (s, a, &reason);
-  SCM text = scm_from_utf8_string (a);
-  free (a);
-  if (!ok)
-    scm_misc_error ("add-recipient!", "~S: ~A", scm_list_2 (text, scm_from_utf8_string (reason)));
-  return SCM_UNSPECIFIED;
+  return change_envelope (handle, address, "add-recipient!", gm_session_add_recipient);
 }
 
 static SCM
