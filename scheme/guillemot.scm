@@ -12,11 +12,13 @@
   #:use-module (ice-9 regex)
   #:use-module (guillemot address)
   #:use-module (guillemot mime)
+  #:use-module (guillemot dns)
   #:re-export (address-local address-domain domain-matches? parse-cidr cidr? cidr->string
                address-in? address-in-any?
                message-parts message-parts-truncated? mime-part? part-content-type
                part-charset part-filename part-filenames part-disposition part-size part-body
-               part-text part-attachment? attachment-filenames)
+               part-text part-attachment? attachment-filenames
+               dns-lookup dns-reverse dns-error?)
   #:export (define-server
             local-domains
             deliver-local

@@ -15,6 +15,7 @@
 #include <sys/resource.h>
 
 #include "control.h"
+#include "dns.h"
 #include "log.h"
 #include "policy.h"
 #include "queue.h"
@@ -151,6 +152,18 @@ serve (Invocation *inv)
   return status;
 }
 
+/* The resolver of the rules' DNS lookups, after gm_policy_init(). */
+static gboolean
+init_dns (Invocation *inv)
+{
+  g_autoptr (GError) error = NULL;
+  if (gm_dns_init (&error))
+    return TRUE;
+  fprintf (stderr, "%s: %s\n", inv->config_file, error->message);
+  inv->status = 1;
+  return FALSE;
+}
+
 static void *
 run_with_guile (void *data)
 {
@@ -171,17 +184,23 @@ run_with_guile (void *data)
   else if (strcmp (inv->command, "test-session") == 0)
     {
       gm_policy_init ();
+      if (!init_dns (inv))
+        return NULL;
       inv->status = gm_test_session_run (inv->input, inv->client, inv->local);
     }
   else if (strcmp (inv->command, "check-config") == 0)
     {
       gm_policy_init ();
+      if (!init_dns (inv))
+        return NULL;
       printf ("%s: configuration is valid\n", inv->config_file);
       inv->status = 0;
     }
   else
     {
       gm_policy_init ();
+      if (!init_dns (inv))
+        return NULL;
       inv->status = serve (inv);
     }
   return NULL;

@@ -419,7 +419,10 @@ struct GmPolicyWait
 
 typedef GmPolicyWait SessionPolicy;
 
-enum { CELL_VARS, CELL_RULES, CELL_K, CELL_SIZE };
+/* The message and session objects of the stage running are kept in the cell
+ * too: C holds raw pointers to what they point to, which their finalizers
+ * free, so they must not be collected before the stage ends. */
+enum { CELL_VARS, CELL_RULES, CELL_K, CELL_MESSAGE, CELL_SESSION, CELL_SIZE };
 
 static guint
 mask_of (SCM rule_set)
@@ -686,6 +689,9 @@ verdict:
       sp->session_handle->session = NULL;
       sp->session_handle = NULL;
     }
+  /* From now on the objects may go: nothing in C points into them any more. */
+  scm_c_vector_set_x (sp->cell, CELL_MESSAGE, SCM_BOOL_F);
+  scm_c_vector_set_x (sp->cell, CELL_SESSION, SCM_BOOL_F);
   g_autoptr (GError) error = NULL;
   if (scm_is_false (result) || !verdict_from_scm (result, v, &error))
     {
@@ -711,6 +717,7 @@ gm_policy_run (GmSession *s, GmVerdict *v, GmPolicyDone done, gpointer data)
       sp->handle = g_new0 (MessageHandle, 1);
       sp->handle->body = gm_session_body (s);
       msg = scm_from_pointer (sp->handle, g_free);
+      scm_c_vector_set_x (sp->cell, CELL_MESSAGE, msg);
       stage_args = scm_list_1 (msg);
     }
   else if (stage != GM_STAGE_CONNECT)
@@ -719,6 +726,7 @@ gm_policy_run (GmSession *s, GmVerdict *v, GmPolicyDone done, gpointer data)
   sp->session_handle = g_new0 (SessionHandle, 1);
   sp->session_handle->session = s;
   SCM handle = scm_from_pointer (sp->session_handle, g_free);
+  scm_c_vector_set_x (sp->cell, CELL_SESSION, handle);
   SCM args = scm_list_n (scm_c_vector_ref (sp->cell, CELL_RULES),
                          scm_from_utf8_symbol (gm_stage_name (stage)), session_facts (s, stage),
                          scm_c_vector_ref (sp->cell, CELL_VARS), msg, handle, stage_args,

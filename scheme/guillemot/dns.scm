@@ -38,14 +38,19 @@
 
 (define dns-types '(a aaaa mx txt ptr))
 
+(define guillemot-suspend #f)           ; (guillemot)'s suspend and the prompt of
+(define policy-prompt #f)               ; the rules, looked up at the first lookup
+
 (define (suspend who operation . args)
-  "(guillemot)'s suspend, looked up now.  Outside a rule there is nothing to
-suspend: say so rather than let Guile complain of an unknown prompt."
-  (let ((tag (module-ref (resolve-module '(guillemot)) 'policy-prompt #f)))
-    (when (and tag (not (suspendable-continuation? tag)))
-      (config-error "~a: only rules can wait for the DNS, and this call is not inside a rule"
-                    who)))
-  (apply (module-ref (resolve-interface '(guillemot)) 'suspend) operation args))
+  "(guillemot)'s suspend.  Outside a rule there is nothing to suspend: say
+so rather than let Guile complain of an unknown prompt."
+  (unless guillemot-suspend
+    (set! policy-prompt (module-ref (resolve-module '(guillemot)) 'policy-prompt #f))
+    (set! guillemot-suspend (module-ref (resolve-interface '(guillemot)) 'suspend)))
+  (when (and policy-prompt (not (suspendable-continuation? policy-prompt)))
+    (config-error "~a: only rules can wait for the DNS, and this call is not inside a rule"
+                  who))
+  (apply guillemot-suspend operation args))
 
 (define (domain-name? name)
   "Can NAME (a string, without trailing dot) be a domain name: 1 to 253
