@@ -220,6 +220,7 @@ QID = r"[0-9A-Fa-f]+"
 NORMAL = [
     re.compile(r"^listening on "),
     re.compile(r"^started: "),
+    re.compile(r"^control: reload on "),
     re.compile(r"^connect from "),
     re.compile(rf"^{QID}: client="),
     re.compile(rf"^{QID}: to=<[^>]*>, relay=\S+, delay=[\d.]+, status=sent "),
