@@ -34,7 +34,7 @@
             verdict?
             client-address client-port local-address local-port
             helo-name esmtp? sender recipients queue-id message-size
-            tls? authenticated-user authenticated?
+            client-name tls? authenticated-user authenticated?
             session-ref session-set!
             header-ref header-add! header-remove! header-has? header-count header-set!
             header-rename!
@@ -319,6 +319,26 @@ templates are under the state directory), instead of the deliver-local one."
          template
          (string-append ((core '%state-dir)) "/" template)))))
 (define (queue-id s) "The queue id, in the data stage; #f before." (fact s 'queue-id))
+(define (client-name s)
+  "The client's host name, confirmed both ways (forward-confirmed reverse
+DNS): a PTR name of the client's address whose A or AAAA records include
+that address, or #f when there is none or DNS failed.  The first call waits
+for the DNS without holding up other sessions; the answer is kept for the
+connection."
+  (let ((known (session-ref s '%client-name 'unknown)))
+    (if (not (eq? known 'unknown))
+        known
+        (let* ((address (client-address s))
+               (type (if (string-index address #\:) 'aaaa 'a))
+               (names (dns-reverse address))
+               (name (and (list? names)
+                          (find (lambda (n)
+                                  (let ((addresses (dns-lookup n type)))
+                                    (and (list? addresses) (member address addresses))))
+                                names))))
+          (session-set! s '%client-name name)
+          name))))
+
 (define (tls? s)
   "Is the connection encrypted?  Always #f until STARTTLS exists."
   (fact s 'tls))

@@ -414,4 +414,16 @@ def _():
     assert_equal(sw.names, [], "queries that reached the forwarder")
 
 
+
+@test("client-name confirms the PTR name forward: localhost for 127.0.0.1 and ::1, cached per connection")
+def _():
+    rules = ('(rule helo "name" (lambda (s h) (reject 550 (format #f "5.7.1 you are ~s ~s" '
+             '(client-name s) (client-name s)))))\n')
+    srv = Server(config_text=config(rules))
+    srv.start()
+    for ipv6 in (False, True):
+        c = srv.connect(ipv6=ipv6)
+        c.send_expect("EHLO " + HELO, 550, '5.7.1 you are "localhost" "localhost"')
+        c.send_expect("QUIT", 221)
+
 run()
