@@ -705,3 +705,44 @@ def time_limit(seconds, what="operation"):
     dt = time.monotonic() - t0
     if dt > seconds:
         raise AssertionError("%s took %.1fs, more than %.1fs" % (what, dt, seconds))
+
+
+# ---------------------------------------------------------------------------
+# Conversations, shared by the policy, rule-module and MIME tests
+
+def start_unprobed(srv, timeout=10.0):
+    """Start SRV without the 220 probe (which a connect rule may count or
+    refuse): wait for the "started:" log line instead."""
+    srv.start(wait=False)
+    def ready():
+        if srv.proc.poll() is not None:
+            raise ServerError("server exited with status %s:\n%s"
+                              % (srv.proc.returncode, srv.log_tail(20)))
+        return "started: Guillemot" in srv.log_since_start()
+    wait_for(ready, timeout, what="the server's started: line")
+    return srv
+
+
+def expect_line(c, line):
+    """Read one reply and assert that it is exactly LINE (its last line)."""
+    r = c.reply()
+    if r.last != line:
+        raise AssertionError("expected reply %r, got %r; transcript: %r" % (line, r, c.recent()))
+    return r
+
+
+def cmd_line(c, command, line):
+    """Send COMMAND and assert that the reply is exactly LINE."""
+    c.send(command + "\r\n")
+    return expect_line(c, line)
+
+
+def send_transaction(c, rcpts, body, sender):
+    """MAIL, RCPTs (all expected 250), DATA: returns the queue id."""
+    c.send_expect("MAIL FROM:<%s>" % sender, 250)
+    for r in rcpts:
+        c.send_expect("RCPT TO:<%s>" % r, 250)
+    c.send_expect("DATA", 354)
+    c.send(stuff(body))
+    return queue_id(c.expect(250, "2.0.0 Ok: queued as"))
+

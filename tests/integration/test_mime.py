@@ -18,8 +18,8 @@ from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 
-from harness import (HOSTNAME, Server, assert_equal, assert_in, check_delivered, queue_id,
-                     read_file, run, stuff, test)
+from harness import (assert_equal, assert_in, check_delivered, expect_line, HOSTNAME, queue_id,
+                     read_file, run, Server, stuff, test)
 
 HELO = "client.example.test"
 SENDER = "sender@origin.test"
@@ -65,13 +65,6 @@ def mime_server(rules, **kw):
     srv = Server(config_text=BASE + rules, **kw)
     srv.start()
     return srv
-
-
-def expect_line(c, line):
-    r = c.reply()
-    if r.last != line:
-        raise AssertionError("expected reply %r, got %r; transcript: %r" % (line, r, c.recent()))
-    return r
 
 
 def send_data(c, rcpt, body):

@@ -10,8 +10,9 @@ import os
 import re
 import time
 
-from harness import (HOSTNAME, Server, ServerError, assert_equal, assert_in, check_delivered,
-                     make_tempdir, queue_id, read_file, run, run_guillemot, stuff, test, wait_for)
+from harness import (assert_equal, assert_in, check_delivered, cmd_line, expect_line, HOSTNAME,
+                     make_tempdir, queue_id, read_file, run, run_guillemot, send_transaction,
+                     Server, ServerError, start_unprobed, stuff, test, wait_for)
 
 HELO = "client.example.test"
 SENDER = "sender@origin.test"
@@ -38,19 +39,6 @@ def policy_server(rules, start=True, **kw):
     return srv
 
 
-def start_unprobed(srv, timeout=10.0):
-    """Start SRV without the harness's 220 probe (a connect rule may refuse
-    127.0.0.1): wait for the "started:" log line instead."""
-    srv.start(wait=False)
-    def ready():
-        if srv.proc.poll() is not None:
-            raise ServerError("server exited with status %s:\n%s"
-                              % (srv.proc.returncode, srv.log_tail(20)))
-        return "started: Guillemot" in srv.log_since_start()
-    wait_for(ready, timeout, what="the server's started: line")
-    return srv
-
-
 def line_of(text, needle):
     """1-based line number of the first line of TEXT containing NEEDLE."""
     for n, line in enumerate(text.splitlines(), 1):
@@ -59,27 +47,9 @@ def line_of(text, needle):
     raise AssertionError("%r not in the configuration" % needle)
 
 
-def expect_line(c, line):
-    """Read one reply and assert that it is exactly LINE (its last line)."""
-    r = c.reply()
-    if r.last != line:
-        raise AssertionError("expected reply %r, got %r; transcript: %r" % (line, r, c.recent()))
-    return r
-
-
-def cmd_line(c, command, line):
-    c.send(command + "\r\n")
-    return expect_line(c, line)
-
-
 def transaction(c, rcpts, body=MSG, sender=SENDER):
     """MAIL, RCPTs (all expected 250), DATA: returns the queue id."""
-    c.send_expect("MAIL FROM:<%s>" % sender, 250)
-    for r in rcpts:
-        c.send_expect("RCPT TO:<%s>" % r, 250)
-    c.send_expect("DATA", 354)
-    c.send(stuff(body))
-    return queue_id(c.expect(250, "2.0.0 Ok: queued as"))
+    return send_transaction(c, rcpts, body, sender)
 
 
 def assert_no_mail(srv, *locals_):

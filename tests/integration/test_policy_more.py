@@ -17,9 +17,9 @@ import re
 import socket
 import time
 
-from harness import (Server, assert_equal, assert_in, as_stored,
-                     check_delivered, make_tempdir, queue_id, read_file, received_block,
-                     run, run_guillemot, stuff, test, wait_for)
+from harness import (as_stored, assert_equal, assert_in, check_delivered, cmd_line, expect_line,
+                     make_tempdir, queue_id, read_file, received_block, run, run_guillemot,
+                     send_transaction, Server, stuff, test, wait_for)
 
 HELO = "client.example.test"
 SENDER = "sender@origin.test"
@@ -56,27 +56,9 @@ def config_line(srv, needle):
     raise AssertionError("%r not in the configuration" % needle)
 
 
-def expect_line(c, line):
-    """Read one reply and assert that it is exactly LINE (its last line)."""
-    r = c.reply()
-    if r.last != line:
-        raise AssertionError("expected reply %r, got %r; transcript: %r" % (line, r, c.recent()))
-    return r
-
-
-def cmd_line(c, command, line):
-    c.send(command + "\r\n")
-    return expect_line(c, line)
-
-
 def transaction(c, rcpts, body=MSG, sender=SENDER):
     """MAIL, RCPTs (all expected 250), DATA: returns the queue id."""
-    c.send_expect("MAIL FROM:<%s>" % sender, 250)
-    for r in rcpts:
-        c.send_expect("RCPT TO:<%s>" % r, 250)
-    c.send_expect("DATA", 354)
-    c.send(stuff(body))
-    return queue_id(c.expect(250, "2.0.0 Ok: queued as"))
+    return send_transaction(c, rcpts, body, sender)
 
 
 def deliver_marker(c, srv, local="marker"):
