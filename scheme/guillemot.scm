@@ -313,11 +313,10 @@ for now): a blind copy, for instance (add-recipient! s \"archive@example.test\")
 templates are under the state directory), instead of the deliver-local one."
   (unless (mailbox? mailbox)
     (error (format #f "deliver-to!: expected (maildir TEMPLATE) or (mbox TEMPLATE), got ~s" mailbox)))
-  (let ((template (mailbox-template mailbox)))
-    ((core '%session-deliver-to!) (session-handle s) address (mailbox-kind mailbox)
-     (if (absolute-file-name? template)
-         template
-         (string-append ((core '%state-dir)) "/" template)))))
+  ;; The server puts a relative template under the state directory, as for
+  ;; deliver-local.
+  ((core '%session-deliver-to!) (session-handle s) address (mailbox-kind mailbox)
+   (mailbox-template mailbox)))
 (define (queue-id s) "The queue id, in the data stage; #f before." (fact s 'queue-id))
 (define (client-name s)
   "The client's host name, confirmed both ways (forward-confirmed reverse
@@ -360,9 +359,6 @@ connection."
 
 ;;; Headers, in the data stage.  The message object is valid only while the
 ;;; data rules run.
-
-(define (headers-of msg)
-  ((core '%message-headers) msg))
 
 (define (header-ref msg name)
   "All values of the header NAME (case-insensitive), in order; '() if none."

@@ -22,6 +22,7 @@
  * protocol they speak. */
 #include "config.h"
 #include "control.h"
+#include "server.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -445,10 +446,7 @@ add_session (const GmServerSessionInfo *info, gpointer data)
   GmSession *s = info->session;
   const GmConnInfo *c = gm_session_conn (s);
   const GmEnvelope *env = gm_session_envelope (s);
-  SCM rcpts = SCM_EOL;
-  for (guint i = env ? env->rcpts->len : 0; i > 0; i--)
-    rcpts = scm_cons (scm_from_utf8_string (((GmSpoolRcpt *) g_ptr_array_index (env->rcpts, i - 1))->address),
-                      rcpts);
+  SCM rcpts = gm_policy_recipients (env);
   SCM alist = SCM_EOL;
 #define FIELD(key, value) alist = scm_acons (scm_from_utf8_symbol (key), (value), alist)
   FIELD ("idle", scm_from_double (info->idle / 1e6));

@@ -35,18 +35,3 @@ gboolean gm_control_reload (const char *origin, char **report, GError **error);
 /* The client subcommands, given the state directory of the server. */
 int gm_control_client_reload (const char *state_dir);   /* exit status */
 int gm_control_client_repl (const char *state_dir);     /* exit status */
-
-/* ---- Provided by server.c (for the REPL's (sessions)) ------------------ */
-
-typedef struct
-{
-  GmSession *session;
-  const char *state;            /* "idle", "transaction", "data", "busy", "closing" */
-  gint64 connected;             /* µs since the connection was accepted */
-  gint64 idle;                  /* µs since the client last sent something */
-} GmServerSessionInfo;
-
-typedef void (*GmServerSessionFunc) (const GmServerSessionInfo *info, gpointer data);
-
-/* Call FUNC for each live connection, oldest first. */
-void gm_server_foreach_session (GmServerSessionFunc func, gpointer data);

@@ -294,15 +294,23 @@ session_sender (SCM handle)
   return env ? scm_from_utf8_string (env->sender) : SCM_BOOL_F;
 }
 
+SCM
+gm_policy_recipients (const GmEnvelope *env)
+{
+  SCM list = SCM_EOL;
+  for (guint i = env ? env->rcpts->len : 0; i > 0; i--)
+    {
+      GmSpoolRcpt *r = g_ptr_array_index (env->rcpts, i - 1);
+      list = scm_cons (scm_from_utf8_string (r->address), list);
+    }
+  return list;
+}
+
 /* (%session-recipients h) → the recipients now */
 static SCM
 session_recipients (SCM handle)
 {
-  const GmEnvelope *env = gm_session_envelope (session_of (handle, "recipients"));
-  SCM list = SCM_EOL;
-  for (guint i = env ? env->rcpts->len : 0; i > 0; i--)
-    list = scm_cons (scm_from_utf8_string (((GmSpoolRcpt *) g_ptr_array_index (env->rcpts, i - 1))->address), list);
-  return list;
+  return gm_policy_recipients (gm_session_envelope (session_of (handle, "recipients")));
 }
 
 typedef gboolean (*EnvelopeChange) (GmSession *s, const char *address, const char **reason);
@@ -520,18 +528,12 @@ session_facts (GmSession *s, GmStage stage)
   FACT ("esmtp", scm_from_bool (gm_session_esmtp (s)));
   FACT ("tls", SCM_BOOL_F);                  /* STARTTLS and AUTH come with their issue */
   FACT ("authenticated-user", SCM_BOOL_F);
-  if (env)
+  /* The sender and the recipients are read live (%session-sender,
+   * %session-recipients): rules may change them. */
+  if (env && stage == GM_STAGE_DATA)
     {
-      SCM rcpts = SCM_EOL;
-      for (guint i = env->rcpts->len; i > 0; i--)
-        rcpts = scm_cons (scm_from_utf8_string (((GmSpoolRcpt *) g_ptr_array_index (env->rcpts, i - 1))->address), rcpts);
-      FACT ("sender", opt_string (env->sender));
-      FACT ("recipients", rcpts);
-      if (stage == GM_STAGE_DATA)
-        {
-          FACT ("queue-id", opt_string (env->id));
-          FACT ("size", scm_from_uint64 (gm_session_size (s)));
-        }
+      FACT ("queue-id", opt_string (env->id));
+      FACT ("size", scm_from_uint64 (gm_session_size (s)));
     }
 #undef FACT
   return facts;

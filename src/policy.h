@@ -48,3 +48,6 @@ GmSession *gm_policy_wait_session (GmPolicyWait *wait);
  * a Scheme error naming WHO when MSG is not a live message object: call it
  * before allocating anything (STYLE.md §10). */
 GString *gm_policy_message_body (SCM msg, const char *who);
+
+/* The recipients of ENV (may be NULL) as a list of strings, in order. */
+SCM gm_policy_recipients (const GmEnvelope *env);

@@ -165,15 +165,11 @@ set_local_delivery (SCM kind, SCM template)
   return SCM_UNSPECIFIED;
 }
 
-/* (%state-dir) → the state directory, absolute. */
+/* (%state-dir) → the state directory (absolute once a configuration is loaded). */
 static SCM
 state_dir (void)
 {
-  if (g_path_is_absolute (gm_config.state_dir))
-    return scm_from_utf8_string (gm_config.state_dir);
-  g_autofree char *cwd = g_get_current_dir ();
-  g_autofree char *abs = g_build_filename (cwd, gm_config.state_dir, NULL);
-  return scm_from_utf8_string (abs);
+  return scm_from_utf8_string (gm_config.state_dir);
 }
 
 /* (%settings) → list of setting names, for define-server's keyword check. */
