@@ -38,6 +38,7 @@
 #include <libguile.h>
 
 #include "log.h"
+#include "queue.h"
 #include "policy.h"
 #include "scm-config.h"
 #include "settings.h"
@@ -318,6 +319,7 @@ reload (Reload *out)
 
   SCM loaded = scm_call_0 (scm_c_private_ref ("guillemot", "%loaded-rules"));
   install_rules (loaded);
+  gm_queue_settings_changed ();
   g_autofree char *count = rule_count (loaded);
   GString *text = g_string_new (NULL);
   g_string_append_printf (text, "reloaded %s: %s", config_file, count);

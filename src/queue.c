@@ -7,6 +7,8 @@
  * are all done is removed from queue/. After max-queue-lifetime, pending
  * recipients fail permanently (bounces come with remote delivery).
  *
+ * With delivery "hold" nothing starts: the ready ids wait for a reload.
+ *
  * At most half the worker threads deliver at once, so that spool writes —
  * which a client is waiting for — always find a free thread. */
 #include "config.h"
@@ -179,7 +181,8 @@ deliver_done (gpointer data)
 static void
 kick (void)
 {
-  while (!stopped && active < max_active () && !g_queue_is_empty (&ready))
+  while (!stopped && gm_config.delivery == GM_QUEUE_RUN && active < max_active ()
+         && !g_queue_is_empty (&ready))
     {
       Delivery *d = g_new0 (Delivery, 1);
       d->id = g_queue_pop_head (&ready);
@@ -211,9 +214,17 @@ gm_queue_start (GError **error)
     return FALSE;
   if (ids->len > 0)
     gm_log (NULL, "queue: resuming %u message(s)", ids->len);
+  if (gm_config.delivery == GM_QUEUE_HOLD)
+    gm_log (NULL, "queue: delivery is on hold (#:delivery hold)");
   for (guint i = 0; i < ids->len; i++)
     gm_queue_submit (g_ptr_array_index (ids, i));
   return TRUE;
+}
+
+void
+gm_queue_settings_changed (void)
+{
+  kick ();
 }
 
 void

@@ -61,6 +61,11 @@ static const GmSetting settings[] = {
     "Longest delay between two delivery attempts." },
   { "max-queue-lifetime", GM_SETTING_SECONDS, OFF (max_queue_lifetime), "432000", 0, 31536000, NULL,
     "Seconds a message may stay undeliverable before its recipients fail permanently (default 5 days)." },
+  { "delivery", GM_SETTING_CHOICE, OFF (delivery), "run", 0, 0,
+    (const char *const[]) { "run", "hold", NULL },
+    "\"run\" delivers queued messages; \"hold\" keeps every accepted message in the queue, "
+    "undelivered, until a reload sets \"run\" again (Postfix's hold queue, for maintenance "
+    "and for measuring the intake alone)." },
   { "dns-resolver", GM_SETTING_CHOICE, OFF (dns_resolver), "system", 0, 0,
     (const char *const[]) { "system", "forward", "recursive", NULL },
     "Where rules' DNS lookups go: \"system\" asks the name servers of /etc/resolv.conf and "

@@ -15,6 +15,12 @@ typedef enum
 
 typedef enum
 {
+  GM_QUEUE_RUN,              /* queued messages are delivered */
+  GM_QUEUE_HOLD,             /* they stay in the queue until a reload says run */
+} GmDeliveryMode;
+
+typedef enum
+{
   GM_TRANSPORT_NONE,
   GM_TRANSPORT_MAILDIR,
   GM_TRANSPORT_MBOX,
@@ -40,6 +46,7 @@ typedef struct
   guint retry_min;              /* seconds */
   guint retry_max;              /* seconds */
   guint max_queue_lifetime;     /* seconds */
+  guint delivery;               /* GmDeliveryMode */
   guint dns_resolver;           /* GmDnsResolver (dns.h): system, forward, recursive */
   char **dns_forwarders;        /* NULL-terminated: "IP" or "IP@PORT" */
   guint dns_timeout;            /* seconds */

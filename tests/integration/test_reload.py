@@ -582,4 +582,27 @@ def _():
     assert_equal(srv.stop(), 0, "exit status")
 
 
+@test("#:delivery 'hold keeps accepted mail queued across a restart; a reload to 'run delivers it")
+def _():
+    hold = BASE.replace('(define-server #:hostname "mx.example.test")',
+                        '(define-server #:hostname "mx.example.test" #:delivery \'hold)')
+    srv = Server(config_text=hold)
+    srv.start()
+    srv.wait_log(r"queue: delivery is on hold")
+    with srv.smtplib() as s:
+        for i in range(3):
+            s.sendmail(SENDER, ["held@example.test"], MSG)
+    assert_equal(len(srv.spool_files("queue")), 3, "queue files while on hold")
+    srv.stop()
+    srv.start()                                   # still on hold after a restart
+    srv.wait_log(r"queue: resuming 3 message\(s\)", since_start=True)
+    time.sleep(0.5)
+    assert_equal(srv.maildir_files("held"), [], "Maildir while on hold")
+    assert_equal(len(srv.spool_files("queue")), 3, "queue files after the restart")
+    rewrite(srv, BASE)
+    reload_ok(srv, "0 rules")
+    srv.wait_maildir("held", 3)
+    srv.wait_queue_empty()
+
+
 run()
