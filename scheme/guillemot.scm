@@ -27,7 +27,8 @@
             mailbox?
             mailbox-kind
             mailbox-template
-            ;; Policy rules (stages connect, helo, mail, rcpt, data); rule and
+            ;; Policy rules (stages connect, helo, auth, mail, rcpt, data, queued,
+            ;; delivery); rule and
             ;; accept are in #:replace below.
             next reject defer discard quarantine
             set-sender! add-recipient! remove-recipient! deliver-to!
@@ -134,7 +135,10 @@ local part (lower-cased).  A relative path is under the state directory."
 (define stage-arities
   ;; stage -> the arguments its procedures take
   ;; auth: (s user), run once AUTH exists (with STARTTLS); rules load now.
-  '((connect . 1) (helo . 2) (auth . 2) (mail . 2) (rcpt . 2) (data . 2)))
+  ;; queued: (s msg), after the 250, once, before the first delivery attempt;
+  ;; delivery: (s rcpt), for each recipient at each delivery attempt.
+  '((connect . 1) (helo . 2) (auth . 2) (mail . 2) (rcpt . 2) (data . 2)
+    (queued . 2) (delivery . 2)))
 
 (define-record-type <rule>
   (make-rule stage name proc where)
@@ -310,14 +314,17 @@ for now): a blind copy, for instance (add-recipient! s \"archive@example.test\")
 
 (define (deliver-to! s address mailbox)
   "Deliver recipient ADDRESS into MAILBOX, made by maildir or mbox (relative
-templates are under the state directory), instead of the deliver-local one."
+templates are under the state directory), instead of the deliver-local one.
+In the delivery stage the choice holds for this delivery attempt only."
   (unless (mailbox? mailbox)
     (error (format #f "deliver-to!: expected (maildir TEMPLATE) or (mbox TEMPLATE), got ~s" mailbox)))
   ;; The server puts a relative template under the state directory, as for
   ;; deliver-local.
   ((core '%session-deliver-to!) (session-handle s) address (mailbox-kind mailbox)
    (mailbox-template mailbox)))
-(define (queue-id s) "The queue id, in the data stage; #f before." (fact s 'queue-id))
+(define (queue-id s)
+  "The queue id, in the data, queued and delivery stages; #f before."
+  (fact s 'queue-id))
 (define (client-name s)
   "The client's host name, confirmed both ways (forward-confirmed reverse
 DNS): a PTR name of the client's address whose A or AAAA records include
@@ -347,7 +354,9 @@ connection."
 (define (authenticated? s)
   "Did the client authenticate?  Always #f until AUTH exists."
   (and (authenticated-user s) #t))
-(define (message-size s) "The message size in bytes, in the data stage." (fact s 'size))
+(define (message-size s)
+  "The message size in bytes, in the data, queued and delivery stages."
+  (fact s 'size))
 
 (define (session-ref s key . default)
   "A per-connection variable set by an earlier rule, or DEFAULT (#f)."

@@ -16,6 +16,7 @@
 #include <sys/time.h>
 #include <gio/gio.h>
 
+#include "envelope-edit.h"
 #include "log.h"
 #include "settings.h"
 
@@ -28,10 +29,12 @@ static GHashTable *operations;  /* name -> GmPolicyOperation */
 
 /* ---- The message in the data stage ------------------------------------ */
 
-/* What a message object points to; body is NULL once its stage is over. */
+/* What a message object points to; body is NULL once its stage is over.
+ * A queued message is read-only: its file is already on disk. */
 typedef struct
 {
   GString *body;
+  gboolean read_only;
 } MessageHandle;
 
 static MessageHandle *
@@ -40,7 +43,18 @@ message_handle (SCM msg, const char *who)
   SCM_ASSERT_TYPE (SCM_POINTER_P (msg), msg, SCM_ARG1, who, "message");
   MessageHandle *h = scm_to_pointer (msg);
   if (!h->body)
-    scm_misc_error (who, "the message is only valid while its data rules run", SCM_EOL);
+    scm_misc_error (who, "the message is only valid while the rules of its stage run", SCM_EOL);
+  return h;
+}
+
+/* For the primitives that change headers. */
+static MessageHandle *
+writable_message (SCM msg, const char *who)
+{
+  MessageHandle *h = message_handle (msg, who);
+  if (h->read_only)
+    scm_misc_error (who, "headers can only change before the message is queued (data stage)",
+                    SCM_EOL);
   return h;
 }
 
@@ -160,7 +174,7 @@ message_header_values (SCM msg, SCM name)
 static SCM
 message_add_header (SCM msg, SCM name, SCM value, SCM bottom)
 {
-  MessageHandle *h = message_handle (msg, "header-add!");
+  MessageHandle *h = writable_message (msg, "header-add!");
   char *n = scm_to_utf8_string (name);
   char *v = scm_to_utf8_string (value);
   g_autofree char *field = g_strdup_printf ("%s: %s\n", n, v);
@@ -198,7 +212,7 @@ find_header (const char *name, gsize name_len, gsize start, gsize len, gpointer 
 static SCM
 message_remove_header (SCM msg, SCM name)
 {
-  MessageHandle *h = message_handle (msg, "header-remove!");
+  MessageHandle *h = writable_message (msg, "header-remove!");
   char *n = scm_to_utf8_string (name);
   RemoveScan scan = { n, g_array_new (FALSE, FALSE, sizeof (gsize)) };
   for_each_header (h->body, find_header, &scan);
@@ -217,7 +231,7 @@ message_remove_header (SCM msg, SCM name)
 static SCM
 message_set_header (SCM msg, SCM name, SCM value)
 {
-  MessageHandle *h = message_handle (msg, "header-set!");
+  MessageHandle *h = writable_message (msg, "header-set!");
   char *n = scm_to_utf8_string (name);
   char *v = scm_to_utf8_string (value);
   g_autofree char *field = g_strdup_printf ("%s: %s\n", n, v);
@@ -245,7 +259,7 @@ message_set_header (SCM msg, SCM name, SCM value)
 static SCM
 message_rename_header (SCM msg, SCM old_name, SCM new_name)
 {
-  MessageHandle *h = message_handle (msg, "header-rename!");
+  MessageHandle *h = writable_message (msg, "header-rename!");
   char *o = scm_to_utf8_string (old_name);
   char *n = scm_to_utf8_string (new_name);
   RemoveScan scan = { o, g_array_new (FALSE, FALSE, sizeof (gsize)) };
@@ -266,31 +280,43 @@ message_rename_header (SCM msg, SCM old_name, SCM new_name)
 
 /* ---- The session, for envelope changes -------------------------------- */
 
-/* What a session object points to; session is NULL once its stage is over. */
+/* What a session object points to, while its stage runs (live): the SMTP
+ * session, or in the queued and delivery stages the queued message's
+ * envelope. */
 typedef struct
 {
+  gboolean live;
   GmSession *session;
+  GmEnvelope *env;
+  GmStage stage;
+  gboolean *changed;            /* set when a queued rule changes ENV */
 } SessionHandle;
 
-static GmSession *
-session_of (SCM handle, const char *who)
+static SessionHandle *
+handle_of (SCM handle, const char *who)
 {
   SCM_ASSERT_TYPE (SCM_POINTER_P (handle), handle, SCM_ARG1, who, "session");
   SessionHandle *h = scm_to_pointer (handle);
-  if (!h->session)
+  if (!h->live)
     scm_misc_error (who, "the session can only be changed while its rules run", SCM_EOL);
-  return h->session;
+  return h;
+}
+
+static const GmEnvelope *
+envelope_of (const SessionHandle *h)
+{
+  return h->session ? gm_session_envelope (h->session) : h->env;
 }
 
 /* (%session-sender h) → the sender now, or #f before MAIL */
 static SCM
 session_sender (SCM handle)
 {
-  GmSession *s = session_of (handle, "sender");
+  SessionHandle *h = handle_of (handle, "sender");
   const char *arg;
-  if (gm_session_policy_stage (s, &arg) == GM_STAGE_MAIL)
+  if (h->session && gm_session_policy_stage (h->session, &arg) == GM_STAGE_MAIL)
     return scm_from_utf8_string (arg);
-  const GmEnvelope *env = gm_session_envelope (s);
+  const GmEnvelope *env = envelope_of (h);
   return env ? scm_from_utf8_string (env->sender) : SCM_BOOL_F;
 }
 
@@ -310,64 +336,97 @@ gm_policy_recipients (const GmEnvelope *env)
 static SCM
 session_recipients (SCM handle)
 {
-  return gm_policy_recipients (gm_session_envelope (session_of (handle, "recipients")));
+  return gm_policy_recipients (envelope_of (handle_of (handle, "recipients")));
 }
 
-typedef gboolean (*EnvelopeChange) (GmSession *s, const char *address, const char **reason);
-
-/* Apply CHANGE with ADDRESS; a refusal becomes a Scheme error naming WHO. */
-static SCM
-change_envelope (SCM handle, SCM address, const char *who, EnvelopeChange change)
+/* The handle of a rule that may change the envelope: any SMTP stage, or the
+ * queued stage (the queue file is then written again). */
+static SessionHandle *
+changing_handle (SCM handle, const char *who)
 {
-  GmSession *s = session_of (handle, who);
+  SessionHandle *h = handle_of (handle, who);
+  if (!h->session && h->stage != GM_STAGE_QUEUED)
+    scm_misc_error (who, "the envelope can only change up to the queued stage", SCM_EOL);
+  return h;
+}
+
+static void
+refused (const char *who, const char *address, const char *reason)
+{
+  scm_misc_error (who, "~S: ~A", scm_list_2 (scm_from_utf8_string (address),
+                                             scm_from_utf8_string (reason)));
+}
+
+typedef gboolean (*SessionChange) (GmSession *s, const char *address, const char **reason);
+typedef gboolean (*EnvelopeChange) (GmEnvelope *env, const char *address, const char **reason);
+
+/* Apply a change with ADDRESS; a refusal becomes a Scheme error naming WHO. */
+static SCM
+change_envelope (SCM handle, SCM address, const char *who, SessionChange in_session,
+                 EnvelopeChange queued)
+{
+  SessionHandle *h = changing_handle (handle, who);
   char *a = scm_to_utf8_string (address);
   const char *reason = NULL;
-  gboolean ok = change (s, a, &reason);
-  SCM text = scm_from_utf8_string (a);
-  free (a);
+  gboolean ok = h->session ? in_session (h->session, a, &reason) : queued (h->env, a, &reason);
+  if (ok && !h->session)
+    *h->changed = TRUE;
+  scm_dynwind_begin (0);
+  scm_dynwind_free (a);
   if (!ok)
-    scm_misc_error (who, "~S: ~A", scm_list_2 (text, scm_from_utf8_string (reason)));
+    refused (who, a, reason);
+  scm_dynwind_end ();
   return SCM_UNSPECIFIED;
 }
 
 static SCM
 session_set_sender (SCM handle, SCM address)
 {
-  return change_envelope (handle, address, "set-sender!", gm_session_set_sender);
+  return change_envelope (handle, address, "set-sender!", gm_session_set_sender,
+                          gm_envelope_set_sender);
 }
 
 static SCM
 session_add_recipient (SCM handle, SCM address)
 {
-  return change_envelope (handle, address, "add-recipient!", gm_session_add_recipient);
+  return change_envelope (handle, address, "add-recipient!", gm_session_add_recipient,
+                          gm_envelope_add_recipient);
 }
 
 static SCM
 session_remove_recipient (SCM handle, SCM address)
 {
-  GmSession *s = session_of (handle, "remove-recipient!");
+  SessionHandle *h = changing_handle (handle, "remove-recipient!");
   char *a = scm_to_utf8_string (address);
-  gboolean removed = gm_session_remove_recipient (s, a);
+  gboolean removed = h->session ? gm_session_remove_recipient (h->session, a)
+    : gm_envelope_remove_recipient (h->env, a);
   free (a);
+  if (removed && !h->session)
+    *h->changed = TRUE;
   return scm_from_bool (removed);
 }
 
-/* (%session-deliver-to! h rcpt kind template) */
+/* (%session-deliver-to! h rcpt kind template). In the delivery stage the
+ * choice is for this attempt only: it is not written to the queue file. */
 static SCM
 session_deliver_to (SCM handle, SCM address, SCM kind, SCM template)
 {
-  GmSession *s = session_of (handle, "deliver-to!");
+  SessionHandle *h = handle_of (handle, "deliver-to!");
   GmTransport t = scm_is_eq (kind, scm_from_utf8_symbol ("mbox")) ? GM_TRANSPORT_MBOX
     : GM_TRANSPORT_MAILDIR;
   char *a = scm_to_utf8_string (address);
   char *tpl = scm_to_utf8_string (template);
   const char *reason = NULL;
-  gboolean ok = gm_session_set_mailbox (s, a, t, tpl, &reason);
-  SCM text = scm_from_utf8_string (a);
-  free (a);
+  gboolean ok = h->session ? gm_session_set_mailbox (h->session, a, t, tpl, &reason)
+    : gm_envelope_set_mailbox (h->env, a, t, tpl, &reason);
   free (tpl);
+  if (ok && h->stage == GM_STAGE_QUEUED)
+    *h->changed = TRUE;
+  scm_dynwind_begin (0);
+  scm_dynwind_free (a);
   if (!ok)
-    scm_misc_error ("deliver-to!", "~S: ~A", scm_list_2 (text, scm_from_utf8_string (reason)));
+    refused ("deliver-to!", a, reason);
+  scm_dynwind_end ();
   return SCM_UNSPECIFIED;
 }
 
@@ -410,15 +469,19 @@ gm_policy_define_primitives (void)
 
 /* ---- Per-session state ------------------------------------------------ */
 
-/* What the policy keeps for a session. The SCM values live in one protected
- * vector: [0] per-connection variables, [1] the session's rule set, [2] the
- * continuation of suspended rules (#f when none). */
+/* What the policy keeps for a session, or for a queued message during one
+ * delivery attempt (SESSION NULL, ENV and MESSAGE set). The SCM values live
+ * in one protected vector: [0] per-connection (or per-attempt) variables,
+ * [1] the rule set, [2] the continuation of suspended rules (#f when none). */
 struct GmPolicyWait
 {
   GmSession *session;
+  GmEnvelope *env;              /* a queued message's */
+  GString message;              /* a read-only view of its bytes */
+  gboolean changed;             /* queued rules changed ENV */
   SCM cell;
   guint stage_mask;
-  MessageHandle *handle;        /* the data stage's message, while its rules run */
+  MessageHandle *handle;        /* the message object, while its stage's rules run */
   SessionHandle *session_handle; /* the session object, while the rules run */
   GmPolicyDone done;            /* while suspended */
   gpointer done_data;
@@ -474,16 +537,36 @@ gm_policy_install_loaded (void)
   current_mask = mask_of (rules);
 }
 
-guint
-gm_policy_session_start (GmSession *s)
+static SessionPolicy *
+policy_new (void)
 {
   SessionPolicy *sp = g_new0 (SessionPolicy, 1);
-  sp->session = s;
   sp->cell = scm_c_make_vector (CELL_SIZE, SCM_BOOL_F);
   scm_c_vector_set_x (sp->cell, CELL_VARS, scm_c_make_hash_table (8));
   scm_c_vector_set_x (sp->cell, CELL_RULES, current_rules);
   scm_gc_protect_object (sp->cell);
   sp->stage_mask = current_mask;
+  return sp;
+}
+
+static void
+policy_free (SessionPolicy *sp)
+{
+  if (sp->timer)
+    g_source_remove (sp->timer);
+  if (sp->handle)
+    sp->handle->body = NULL;
+  if (sp->session_handle)
+    sp->session_handle->live = FALSE;
+  scm_gc_unprotect_object (sp->cell);
+  g_free (sp);
+}
+
+guint
+gm_policy_session_start (GmSession *s)
+{
+  SessionPolicy *sp = policy_new ();
+  sp->session = s;
   g_hash_table_insert (sessions, s, sp);
   return sp->stage_mask;
 }
@@ -494,15 +577,36 @@ gm_policy_forget (GmSession *s)
   SessionPolicy *sp = sessions ? g_hash_table_lookup (sessions, s) : NULL;
   if (!sp)
     return;
-  if (sp->timer)
-    g_source_remove (sp->timer);
-  if (sp->handle)
-    sp->handle->body = NULL;
-  if (sp->session_handle)
-    sp->session_handle->session = NULL;
-  scm_gc_unprotect_object (sp->cell);
   g_hash_table_remove (sessions, s);
-  g_free (sp);
+  policy_free (sp);
+}
+
+guint
+gm_policy_stages (void)
+{
+  return current_mask;
+}
+
+GmPolicyMessage *
+gm_policy_message_new (GmEnvelope *env, char *message, gsize len)
+{
+  SessionPolicy *sp = policy_new ();
+  sp->env = env;
+  sp->message = (GString) { message, len, len + 1 };
+  return sp;
+}
+
+gboolean
+gm_policy_message_changed (GmPolicyMessage *pm)
+{
+  return pm->changed;
+}
+
+void
+gm_policy_message_free (GmPolicyMessage *pm)
+{
+  if (pm)
+    policy_free (pm);
 }
 
 /* ---- Facts ------------------------------------------------------------- */
@@ -513,13 +617,14 @@ opt_string (const char *s)
   return s ? scm_from_utf8_string (s) : SCM_BOOL_F;
 }
 
+#define FACT(key, value) facts = scm_acons (scm_from_utf8_symbol (key), (value), facts)
+
 static SCM
 session_facts (GmSession *s, GmStage stage)
 {
   const GmConnInfo *c = gm_session_conn (s);
   const GmEnvelope *env = gm_session_envelope (s);
   SCM facts = SCM_EOL;
-#define FACT(key, value) facts = scm_acons (scm_from_utf8_symbol (key), (value), facts)
   FACT ("client-address", scm_from_utf8_string (c->client_address));
   FACT ("client-port", scm_from_uint16 (c->client_port));
   FACT ("local-address", scm_from_utf8_string (c->local_address));
@@ -535,9 +640,28 @@ session_facts (GmSession *s, GmStage stage)
       FACT ("queue-id", opt_string (env->id));
       FACT ("size", scm_from_uint64 (gm_session_size (s)));
     }
-#undef FACT
   return facts;
 }
+
+/* What the queue file keeps of the session: the ports are not kept. */
+static SCM
+message_facts (const SessionPolicy *sp)
+{
+  SCM facts = SCM_EOL;
+  FACT ("client-address", opt_string (sp->env->client));
+  FACT ("client-port", SCM_BOOL_F);
+  FACT ("local-address", SCM_BOOL_F);
+  FACT ("local-port", SCM_BOOL_F);
+  FACT ("helo", opt_string (sp->env->helo));
+  FACT ("esmtp", scm_from_bool (sp->env->protocol && strcmp (sp->env->protocol, "SMTP") != 0));
+  FACT ("tls", SCM_BOOL_F);
+  FACT ("authenticated-user", SCM_BOOL_F);
+  FACT ("queue-id", scm_from_utf8_string (sp->env->id));
+  FACT ("size", scm_from_uint64 (sp->message.len));
+  return facts;
+}
+
+#undef FACT
 
 /* ---- Calling Scheme ---------------------------------------------------- */
 
@@ -688,7 +812,7 @@ verdict:
     }
   if (sp->session_handle)
     {
-      sp->session_handle->session = NULL;
+      sp->session_handle->live = FALSE;
       sp->session_handle = NULL;
     }
   /* From now on the objects may go: nothing in C points into them any more. */
@@ -697,12 +821,42 @@ verdict:
   g_autoptr (GError) error = NULL;
   if (scm_is_false (result) || !verdict_from_scm (result, v, &error))
     {
-      const GmEnvelope *env = gm_session_envelope (sp->session);
+      const GmEnvelope *env = sp->session ? gm_session_envelope (sp->session) : sp->env;
       if (error)
         gm_log (env ? env->id : NULL, "policy error: %s", error->message);
       gm_verdict_set_policy_failure (v);
     }
   return TRUE;
+}
+
+/* Run the rules of STAGE with FACTS; MESSAGE (or NULL) becomes the message
+ * object, STAGE_ARGS follow the session object. */
+static gboolean
+run_rules (SessionPolicy *sp, GmStage stage, SCM facts, GString *message, gboolean read_only,
+           SCM stage_args, GmVerdict *v, GmPolicyDone done, gpointer data)
+{
+  SCM msg = SCM_BOOL_F;
+  if (message)
+    {
+      sp->handle = g_new0 (MessageHandle, 1);
+      sp->handle->body = message;
+      sp->handle->read_only = read_only;
+      msg = scm_from_pointer (sp->handle, g_free);
+      scm_c_vector_set_x (sp->cell, CELL_MESSAGE, msg);
+      stage_args = scm_cons (msg, stage_args);
+    }
+  sp->session_handle = g_new0 (SessionHandle, 1);
+  *sp->session_handle = (SessionHandle) { TRUE, sp->session, sp->env, stage, &sp->changed };
+  SCM handle = scm_from_pointer (sp->session_handle, g_free);
+  scm_c_vector_set_x (sp->cell, CELL_SESSION, handle);
+  SCM args = scm_list_n (scm_c_vector_ref (sp->cell, CELL_RULES),
+                         scm_from_utf8_symbol (gm_stage_name (stage)), facts,
+                         scm_c_vector_ref (sp->cell, CELL_VARS), msg, handle, stage_args,
+                         SCM_UNDEFINED);
+  SCM result = safe_call (run_stage, args);
+  sp->done = done;
+  sp->done_data = data;
+  return settle (sp, result, v);
 }
 
 gboolean
@@ -712,31 +866,25 @@ gm_policy_run (GmSession *s, GmVerdict *v, GmPolicyDone done, gpointer data)
   g_return_val_if_fail (sp != NULL, (gm_verdict_set_policy_failure (v), TRUE));
   const char *arg;
   GmStage stage = gm_session_policy_stage (s, &arg);
-  SCM msg = SCM_BOOL_F;
-  SCM stage_args = SCM_EOL;
+  SCM facts = session_facts (s, stage);
   if (stage == GM_STAGE_DATA)
-    {
-      sp->handle = g_new0 (MessageHandle, 1);
-      sp->handle->body = gm_session_body (s);
-      msg = scm_from_pointer (sp->handle, g_free);
-      scm_c_vector_set_x (sp->cell, CELL_MESSAGE, msg);
-      stage_args = scm_list_1 (msg);
-    }
-  else if (stage != GM_STAGE_CONNECT)
-    stage_args = scm_list_1 (scm_from_utf8_string (arg));
+    return run_rules (sp, stage, facts, gm_session_body (s), FALSE, SCM_EOL, v, done, data);
+  SCM stage_args = stage == GM_STAGE_CONNECT ? SCM_EOL : scm_list_1 (scm_from_utf8_string (arg));
+  return run_rules (sp, stage, facts, NULL, FALSE, stage_args, v, done, data);
+}
 
-  sp->session_handle = g_new0 (SessionHandle, 1);
-  sp->session_handle->session = s;
-  SCM handle = scm_from_pointer (sp->session_handle, g_free);
-  scm_c_vector_set_x (sp->cell, CELL_SESSION, handle);
-  SCM args = scm_list_n (scm_c_vector_ref (sp->cell, CELL_RULES),
-                         scm_from_utf8_symbol (gm_stage_name (stage)), session_facts (s, stage),
-                         scm_c_vector_ref (sp->cell, CELL_VARS), msg, handle, stage_args,
-                         SCM_UNDEFINED);
-  SCM result = safe_call (run_stage, args);
-  sp->done = done;
-  sp->done_data = data;
-  return settle (sp, result, v);
+gboolean
+gm_policy_message_run (GmPolicyMessage *pm, GmStage stage, guint rcpt, GmVerdict *v,
+                       GmPolicyDone done, gpointer data)
+{
+  g_return_val_if_fail (stage == GM_STAGE_QUEUED || stage == GM_STAGE_DELIVERY,
+                        (gm_verdict_set_policy_failure (v), TRUE));
+  SCM facts = message_facts (pm);
+  if (stage == GM_STAGE_QUEUED)
+    return run_rules (pm, stage, facts, &pm->message, TRUE, SCM_EOL, v, done, data);
+  const GmSpoolRcpt *r = g_ptr_array_index (pm->env->rcpts, rcpt);
+  return run_rules (pm, stage, facts, NULL, FALSE, scm_list_1 (scm_from_utf8_string (r->address)),
+                    v, done, data);
 }
 
 void

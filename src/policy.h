@@ -35,12 +35,30 @@ gboolean gm_policy_run (GmSession *s, GmVerdict *v, GmPolicyDone done, gpointer 
 /* The session ended: drop its rules and variables. */
 void gm_policy_forget (GmSession *s);
 
+/* The stages with rules in the current rule set (bit 1 << GmStage). */
+guint gm_policy_stages (void);
+
+/* The queued and delivery stages run for a queued message, outside any
+ * session, once per delivery attempt: ENV and the LEN bytes at MESSAGE (the
+ * queue file's) must outlive the object. Variables set by queued rules are
+ * seen by delivery rules of the same attempt. */
+typedef struct GmPolicyWait GmPolicyMessage;
+GmPolicyMessage *gm_policy_message_new (GmEnvelope *env, char *message, gsize len);
+/* Run STAGE (GM_STAGE_QUEUED, or GM_STAGE_DELIVERY for recipient RCPT, an
+ * index in ENV), as gm_policy_run does. */
+gboolean gm_policy_message_run (GmPolicyMessage *pm, GmStage stage, guint rcpt, GmVerdict *v,
+                                GmPolicyDone done, gpointer data);
+/* Did queued rules change the envelope (then the queue file is rewritten)? */
+gboolean gm_policy_message_changed (GmPolicyMessage *pm);
+void gm_policy_message_free (GmPolicyMessage *pm);
+
 typedef struct GmPolicyWait GmPolicyWait;
 typedef void (*GmPolicyOperation) (SCM args, GmPolicyWait *wait);
 
 void gm_policy_register_operation (const char *name, GmPolicyOperation start);
 /* The operation is over: resume the rules with VALUE. Main thread. */
 void gm_policy_wait_finish (GmPolicyWait *wait, SCM value);
+/* The session waiting, or NULL for a queued message. */
 GmSession *gm_policy_wait_session (GmPolicyWait *wait);
 
 /* The message behind the message object MSG given to data rules (LF line

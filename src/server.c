@@ -331,6 +331,9 @@ conn_act (Conn *c, GmSessionAction action)
       job->conn = c;
       job->state_dir = g_strdup (gm_config.state_dir);
       gm_session_message (c->session, &job->env, &job->header, &job->body);
+      /* The queued rules run once: the queue file records whether they did. */
+      if (gm_policy_stages () & (1u << GM_STAGE_QUEUED))
+        job->env->queued_rules = GM_RCPT_PENDING;
       c->busy = TRUE;
       gm_workers_push (spool_work, spool_done, job);
     }

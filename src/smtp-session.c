@@ -12,6 +12,7 @@
 
 #include <string.h>
 
+#include "envelope-edit.h"
 #include "log.h"
 #include "settings.h"
 #include "smtp-parse.h"
@@ -585,40 +586,19 @@ proceed_mail (GmSession *s, const char *sender, gboolean smtputf8)
   reply (s, GM_REPLY_SENDER_OK, "Ok");
 }
 
-/* A local part becomes a directory or file name: refuse what could escape. */
-static char *
-mailbox_name (const char *local)
-{
-  if (!*local || local[0] == '.' || local[0] == '"')
-    return NULL;
-  for (const char *p = local; *p; p++)
-    if (*p == '/' || (guchar) *p < 32 || *p == 127)
-      return NULL;
-  return g_utf8_strdown (local, -1);
-}
-
-static gboolean
-is_local_domain (const char *domain)
-{
-  for (char **d = gm_config.local_domains; d && *d; d++)
-    if (g_ascii_strcasecmp (*d, domain) == 0)
-      return TRUE;
-  return FALSE;
-}
-
 /* After the RCPT checks and rules: routing, then the recipient is added.
  * TRUE when it was accepted. */
 static gboolean
 proceed_rcpt (GmSession *s, const GmPath *path)
 {
   g_autofree char *address = gm_path_to_string (path);
-  if (path->domain && !is_local_domain (path->domain))
+  if (path->domain && !gm_is_local_domain (path->domain))
     {
       replyf (s, GM_REPLY_RELAY_DENIED, "<%s>: Relay access denied", address);
       s->rcpt_refused = TRUE;
       return FALSE;
     }
-  g_autofree char *mailbox = mailbox_name (path->local);
+  g_autofree char *mailbox = gm_mailbox_name (path->local);
   if (!mailbox)
     {
       replyf (s, GM_REPLY_NO_SUCH_MAILBOX,
@@ -626,13 +606,12 @@ proceed_rcpt (GmSession *s, const GmPath *path)
       s->rcpt_refused = TRUE;
       return FALSE;
     }
-  for (guint i = 0; i < s->env->rcpts->len; i++)
-    if (strcmp (((GmSpoolRcpt *) g_ptr_array_index (s->env->rcpts, i))->address, address) == 0)
-      {
-        /* One copy per recipient, as Postfix does: accept, do not add again. */
-        reply (s, GM_REPLY_RCPT_OK, "Ok (duplicate recipient)");
-        return TRUE;
-      }
+  if (gm_envelope_find_recipient (s->env, address, NULL))
+    {
+      /* One copy per recipient, as Postfix does: accept, do not add again. */
+      reply (s, GM_REPLY_RCPT_OK, "Ok (duplicate recipient)");
+      return TRUE;
+    }
   g_autofree char *destination = gm_config_local_path (mailbox);
   gm_envelope_add_rcpt (s->env, address, gm_config.local_transport, destination);
   reply (s, GM_REPLY_RCPT_OK, "Ok");
@@ -872,31 +851,19 @@ dispatch (GmSession *s, char *line)
     }
 }
 
-/* ---- Envelope changes by rules ---------------------------------------- */
-
-/* Parse ADDRESS (without angle brackets) as a path. */
-static gboolean
-parse_address (const char *address, GmPathFlags flags, GmPath *path, const char **reason)
-{
-  g_autofree char *line = g_strdup_printf ("<%s>", address);
-  GmParam params[GM_MAX_PARAMS];
-  guint n_params;
-  return gm_parse_path_and_params (line, flags, path, params, &n_params, reason, NULL);
-}
+/* ---- Envelope changes by rules (envelope-edit.c does the work) -------- */
 
 gboolean
 gm_session_set_sender (GmSession *s, const char *address, const char **reason)
 {
-  GmPath path;
-  if (!parse_address (address, GM_PATH_SENDER, &path, reason))
-    return FALSE;
-  g_autofree char *canonical = gm_path_to_string (&path);
-  gm_path_clear (&path);
   if (s->mode == IN_POLICY && s->stage == GM_STAGE_MAIL)
     {
       /* Before the envelope exists: what proceed_mail will use. */
+      char *canonical = gm_envelope_canonical_sender (address, reason);
+      if (!canonical)
+        return FALSE;
       g_free (s->stage_arg);
-      s->stage_arg = g_steal_pointer (&canonical);
+      s->stage_arg = canonical;
       return TRUE;
     }
   if (!s->env)
@@ -904,92 +871,36 @@ gm_session_set_sender (GmSession *s, const char *address, const char **reason)
       *reason = "no transaction";
       return FALSE;
     }
-  g_free (s->env->sender);
-  s->env->sender = g_steal_pointer (&canonical);
-  return TRUE;
-}
-
-static GmSpoolRcpt *
-find_recipient (GmSession *s, const char *address, guint *index)
-{
-  for (guint i = 0; s->env && i < s->env->rcpts->len; i++)
-    {
-      GmSpoolRcpt *r = g_ptr_array_index (s->env->rcpts, i);
-      if (strcmp (r->address, address) == 0)
-        {
-          if (index)
-            *index = i;
-          return r;
-        }
-    }
-  return NULL;
+  return gm_envelope_set_sender (s->env, address, reason);
 }
 
 gboolean
 gm_session_add_recipient (GmSession *s, const char *address, const char **reason)
 {
-  GmPath path;
   if (!s->env)
     {
       *reason = "no transaction";
       return FALSE;
     }
-  if (!parse_address (address, GM_PATH_RECIPIENT, &path, reason))
-    return FALSE;
-  g_autofree char *canonical = gm_path_to_string (&path);
-  g_autofree char *mailbox = mailbox_name (path.local);
-  gboolean local = !path.domain || is_local_domain (path.domain);
-  gm_path_clear (&path);
-  if (!local)
-    *reason = "not in a local domain (delivery to other hosts does not exist yet)";
-  else if (!mailbox)
-    *reason = "local part not usable as a mailbox name";
-  else if (s->env->rcpts->len >= gm_config.max_recipients)
-    *reason = "too many recipients";
-  if (!local || !mailbox || s->env->rcpts->len >= gm_config.max_recipients)
-    return FALSE;
-  if (!find_recipient (s, canonical, NULL))
-    {
-      g_autofree char *destination = gm_config_local_path (mailbox);
-      gm_envelope_add_rcpt (s->env, canonical, gm_config.local_transport, destination);
-    }
-  return TRUE;
+  return gm_envelope_add_recipient (s->env, address, reason);
 }
 
 gboolean
 gm_session_remove_recipient (GmSession *s, const char *address)
 {
-  guint index;
-  if (!find_recipient (s, address, &index))
-    return FALSE;
-  g_ptr_array_remove_index (s->env->rcpts, index);
-  return TRUE;
+  return s->env && gm_envelope_remove_recipient (s->env, address);
 }
 
 gboolean
 gm_session_set_mailbox (GmSession *s, const char *address, GmTransport transport,
                         const char *template, const char **reason)
 {
-  GmSpoolRcpt *r = find_recipient (s, address, NULL);
-  GmPath path;
-  if (!r)
+  if (!s->env)
     {
       *reason = "not a recipient of this message";
       return FALSE;
     }
-  if (!parse_address (address, GM_PATH_RECIPIENT, &path, reason))
-    return FALSE;
-  g_autofree char *mailbox = mailbox_name (path.local);
-  gm_path_clear (&path);
-  if (!mailbox)
-    {
-      *reason = "local part not usable as a mailbox name";
-      return FALSE;
-    }
-  r->transport = transport;
-  g_free (r->destination);
-  r->destination = gm_mailbox_path (template, mailbox);
-  return TRUE;
+  return gm_envelope_set_mailbox (s->env, address, transport, template, reason);
 }
 
 /* ---- Input ------------------------------------------------------------ */

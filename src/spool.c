@@ -273,6 +273,9 @@ envelope_is_writable (const GmEnvelope *env, GError **error)
       else if (!status_is_valid (rcpt->status))
         problem = "a recipient's status is not P, D or F";
     }
+  if (!problem && env->queued_rules && env->queued_rules != GM_RCPT_PENDING
+      && env->queued_rules != GM_RCPT_DELIVERED)
+    problem = "the queued rules' status is not P or D";
   if (problem)
     {
       g_set_error (error, GM_SPOOL_ERROR, GM_SPOOL_ERROR_IO, "cannot spool message %s: %s",
@@ -303,6 +306,13 @@ format_records (GmEnvelope *env, gsize message_len)
   append_record (records, "H", env->helo);
   append_record (records, "P", env->protocol);
   append_record (records, "S", env->sender);
+  if (env->queued_rules)
+    {
+      g_string_append_c (records, 'Q');
+      env->queued_offset = records->len;
+      g_string_append_c (records, env->queued_rules);
+      g_string_append_c (records, '\n');
+    }
   for (guint i = 0; i < env->rcpts->len; i++)
     {
       GmSpoolRcpt *rcpt = rcpt_at (env, i);
@@ -440,35 +450,27 @@ write_incoming (int fd, const char *path, gboolean recycled, GString *records,
   return TRUE;
 }
 
-gboolean
-gm_spool_write (const char *state_dir, GmEnvelope *env, const char *header, gsize header_len,
+/* Write ENV and the message into QUEUED, in QUEUE_DIR: through incoming/
+ * (or a recycled file), fdatasync, rename (over an existing file only with
+ * REPLACE), and the directory fsync shared with other writers. */
+static gboolean
+spool_write_to (const char *state_dir, GmEnvelope *env, const char *queue_dir,
+                const char *queued, gboolean replace, const char *header, gsize header_len,
                 const char *body, gsize body_len, GError **error)
 {
-  g_return_val_if_fail (state_dir != NULL && env != NULL, FALSE);
-  g_return_val_if_fail (header != NULL || header_len == 0, FALSE);
-  g_return_val_if_fail (body != NULL || body_len == 0, FALSE);
   if (!envelope_is_writable (env, error))
     return FALSE;
-
   g_autoptr (GString) records = format_records (env, header_len + body_len);
   g_autofree char *incoming_dir = spool_path (state_dir, "incoming", NULL);
   g_autofree char *free_dir = spool_path (state_dir, "free", NULL);
-  /* A quarantined message goes to quarantine/NAME/ instead of queue/. */
-  g_autofree char *queue_dir = env->quarantine
-    ? g_build_filename (state_dir, "spool", "quarantine", env->quarantine, NULL)
-    : spool_path (state_dir, "queue", NULL);
-  g_autofree char *queued = g_build_filename (queue_dir, env->id, NULL);
   g_autofree char *incoming = NULL;
   gboolean recycled;
-  if (env->quarantine && g_mkdir_with_parents (queue_dir, 0700) < 0)
-    return set_errno_error (error, errno, "create", queue_dir);
-
   int fd = open_incoming (incoming_dir, free_dir, env->id, &incoming, &recycled, error);
   if (fd < 0)
     return FALSE;
   if (!write_incoming (fd, incoming, recycled, records, header, header_len, body, body_len, error))
     return FALSE;
-  if (gm_rename_noreplace (incoming, queued) < 0)
+  if ((replace ? rename (incoming, queued) : gm_rename_noreplace (incoming, queued)) < 0)
     {
       int e = errno;
       unlink (incoming);
@@ -477,10 +479,29 @@ gm_spool_write (const char *state_dir, GmEnvelope *env, const char *header, gsiz
   int e = gm_fsync_directory_shared (queue_dir);
   if (e)
     {
-      unlink (queued);
+      if (!replace)
+        unlink (queued);
       return set_errno_error (error, e, "fsync", queue_dir);
     }
   return TRUE;
+}
+
+gboolean
+gm_spool_write (const char *state_dir, GmEnvelope *env, const char *header, gsize header_len,
+                const char *body, gsize body_len, GError **error)
+{
+  g_return_val_if_fail (state_dir != NULL && env != NULL, FALSE);
+  g_return_val_if_fail (header != NULL || header_len == 0, FALSE);
+  g_return_val_if_fail (body != NULL || body_len == 0, FALSE);
+  /* A quarantined message goes to quarantine/NAME/ instead of queue/. */
+  g_autofree char *queue_dir = env->quarantine
+    ? g_build_filename (state_dir, "spool", "quarantine", env->quarantine, NULL)
+    : spool_path (state_dir, "queue", NULL);
+  g_autofree char *queued = g_build_filename (queue_dir, env->id, NULL);
+  if (env->quarantine && g_mkdir_with_parents (queue_dir, 0700) < 0)
+    return set_errno_error (error, errno, "create", queue_dir);
+  return spool_write_to (state_dir, env, queue_dir, queued, FALSE, header, header_len,
+                         body, body_len, error);
 }
 
 /* ---- Parsing ----
@@ -654,10 +675,17 @@ parse_records (const char *data, gsize len, guint64 file_size, GmEnvelope **env_
       TRY (next_line (&c, error));
       if (c.line_len > 0 && c.line[0] == 'R')
         TRY (parse_recipient (&c, env, error));
+      else if (c.line_len == 2 && c.line[0] == 'Q' && !env->queued_rules && env->rcpts->len == 0)
+        {
+          if (c.line[1] != GM_RCPT_PENDING && c.line[1] != GM_RCPT_DELIVERED)
+            return corrupt (&c, error, "the Q record is not P or D");
+          env->queued_rules = c.line[1];
+          env->queued_offset = c.line_start + 1;
+        }
       else if (line_has_tag (&c, 'M'))
         break;
       else
-        return corrupt (&c, error, "expected an R or the M record");
+        return corrupt (&c, error, "expected a Q, an R or the M record");
     }
   if (!parse_decimal (c.line + 2, c.line_len - 2, G_MAXUINT64, &number))
     return corrupt (&c, error, "the M record is not a number");
@@ -820,6 +848,60 @@ gm_queue_file_mark (GmQueueFile *qf, guint index, GmRcptStatus status, GError **
   if (n != 1)
     return set_errno_error (error, n < 0 ? errno : EIO, "mark recipient in", qf->path);
   rcpt->status = status;
+  return TRUE;
+}
+
+gboolean
+gm_queue_file_mark_queued (GmQueueFile *qf, GError **error)
+{
+  g_return_val_if_fail (qf != NULL && qf->env->queued_rules, FALSE);
+  char byte = GM_RCPT_DELIVERED;
+  ssize_t n;
+  do
+    n = pwrite (qf->fd, &byte, 1, qf->env->queued_offset);
+  while (n < 0 && errno == EINTR);
+  if (n != 1)
+    return set_errno_error (error, n < 0 ? errno : EIO, "mark queued rules in", qf->path);
+  qf->env->queued_rules = byte;
+  return TRUE;
+}
+
+gboolean
+gm_queue_file_rewrite (GmQueueFile *qf, GError **error)
+{
+  g_return_val_if_fail (qf != NULL, FALSE);
+  g_autofree char *queue_dir = g_path_get_dirname (qf->path);
+  g_autofree char *spool_dir = g_path_get_dirname (queue_dir);
+  g_autofree char *state_dir = g_path_get_dirname (spool_dir);
+  if (qf->env->queued_rules)
+    qf->env->queued_rules = GM_RCPT_DELIVERED;
+  if (!spool_write_to (state_dir, qf->env, queue_dir, qf->path, TRUE, qf->message,
+                       qf->message_len, NULL, 0, error))
+    return FALSE;
+  /* The status offsets now point into the new file. */
+  int fd = open (qf->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0)
+    return set_errno_error (error, errno, "open", qf->path);
+  close (qf->fd);
+  qf->fd = fd;
+  return TRUE;
+}
+
+gboolean
+gm_queue_file_quarantine (GmQueueFile *qf, const char *name, GError **error)
+{
+  g_return_val_if_fail (qf != NULL && name != NULL, FALSE);
+  g_autofree char *queue_dir = g_path_get_dirname (qf->path);
+  g_autofree char *spool_dir = g_path_get_dirname (queue_dir);
+  g_autofree char *dir = g_build_filename (spool_dir, "quarantine", name, NULL);
+  g_autofree char *target = g_build_filename (dir, qf->env->id, NULL);
+  if (g_mkdir_with_parents (dir, 0700) < 0)
+    return set_errno_error (error, errno, "create", dir);
+  if (gm_rename_noreplace (qf->path, target) < 0)
+    return set_errno_error (error, errno, "rename to", target);
+  int e = gm_fsync_directory_shared (dir);
+  if (e)
+    return set_errno_error (error, e, "fsync", dir);
   return TRUE;
 }
 

@@ -16,6 +16,8 @@
  *   H <helo name>
  *   P <protocol: SMTP, ESMTP, UTF8SMTP, ...>
  *   S <sender address, empty for the null sender>
+ *   Q<status>                            only when queued rules were loaded: P they are
+ *                                        still to run, D they ran (rewritten in place)
  *   R<status> <recipient address>        status: P pending, D delivered, F failed
  *   T <transport> <destination>          for the R record just above: "maildir DIR" or "mbox FILE"
  *   ...one R/T pair per recipient...
@@ -66,6 +68,8 @@ typedef struct
   char *sender;                 /* "" for the null sender */
   GPtrArray *rcpts;             /* of GmSpoolRcpt*, owned */
   char *quarantine;             /* not NULL: gm_spool_write stores it in quarantine/NAME/ (not in the file) */
+  char queued_rules;            /* the Q record: 0 (none), GM_RCPT_PENDING or GM_RCPT_DELIVERED */
+  goffset queued_offset;        /* of its status byte (set by read and write) */
 } GmEnvelope;
 
 GmEnvelope *gm_envelope_new (void);
@@ -104,6 +108,13 @@ typedef struct
 GmQueueFile *gm_queue_file_open (const char *state_dir, const char *id, GError **error);
 /* Rewrite recipient INDEX's status byte in place (no fsync). */
 gboolean gm_queue_file_mark (GmQueueFile *qf, guint index, GmRcptStatus status, GError **error);
+/* Record that the queued rules ran (the Q record, in place, no fsync). */
+gboolean gm_queue_file_mark_queued (GmQueueFile *qf, GError **error);
+/* Write the file again from QF's envelope (changed by queued rules) and
+ * message, durably, replacing it: a crash leaves the old or the new file. */
+gboolean gm_queue_file_rewrite (GmQueueFile *qf, GError **error);
+/* Move the file into quarantine/NAME/, durably. */
+gboolean gm_queue_file_quarantine (GmQueueFile *qf, const char *name, GError **error);
 /* fdatasync the file: makes marks durable. */
 gboolean gm_queue_file_sync (GmQueueFile *qf, GError **error);
 /* Remove the queue file from queue/ (when every recipient is done). */

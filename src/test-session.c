@@ -4,7 +4,9 @@
  *
  * Output, one line each: ">>> " what the client sent, "<<< " each reply,
  * "*** rule ..." each rule's verdict and time, "*** log: " the log lines,
- * "*** would queue ..." what a real server would have spooled. */
+ * "*** would queue ..." what a real server would have spooled, then, with
+ * queued or delivery rules, "*** queued: ..." and "*** delivery to ...":
+ * what those rules decided for the message and each recipient. */
 #include "config.h"
 #include "test-session.h"
 
@@ -83,6 +85,67 @@ print_queued (GmSession *s)
     }
 }
 
+/* The rules answered FALSE (they wait for pause, DNS...): run the main loop
+ * until they answer, and put their verdict in V. */
+static void
+wait_for_rules (Wait *w, GmVerdict *v)
+{
+  w->loop = g_main_loop_new (NULL, FALSE);
+  while (!w->done)
+    g_main_loop_run (w->loop);
+  g_main_loop_unref (w->loop);
+  gm_verdict_clear (v);
+  *v = w->verdict;
+}
+
+static void
+print_verdict (const char *what, const GmVerdict *v)
+{
+  static const char *const kinds[] = { "next", "accept", "reject", "defer", "discard",
+                                       "quarantine" };
+  if (v->kind == GM_VERDICT_REJECT || v->kind == GM_VERDICT_DEFER)
+    printf ("*** %s: %s %u %s %s", what, kinds[v->kind], v->code, v->esc, v->text);
+  else
+    printf ("*** %s: %s%s%s", what, kinds[v->kind], v->text ? " " : "", v->text ? v->text : "");
+}
+
+/* What the queued rules, then each recipient's delivery rules, decide. */
+static void
+run_message_rules (GmSession *s)
+{
+  guint stages = gm_policy_stages () & ((1u << GM_STAGE_QUEUED) | (1u << GM_STAGE_DELIVERY));
+  GmEnvelope *env;
+  const GString *header, *body;
+  gm_session_message (s, &env, &header, &body);
+  if (!stages || env->quarantine)
+    return;
+  g_autoptr (GString) message = g_string_new_len (header->str, header->len);
+  g_string_append_len (message, body->str, body->len);
+  GmPolicyMessage *pm = gm_policy_message_new (env, message->str, message->len);
+  GmVerdict v = { 0 };
+  for (guint stage = GM_STAGE_QUEUED; stage <= GM_STAGE_DELIVERY; stage++)
+    for (guint i = 0; (stages & (1u << stage)) && i < (stage == GM_STAGE_QUEUED ? 1 : env->rcpts->len); i++)
+      {
+        Wait w = { NULL, { 0 }, FALSE };
+        if (!gm_policy_message_run (pm, stage, i, &v, rules_answered, &w))
+          wait_for_rules (&w, &v);
+        GmSpoolRcpt *r = stage == GM_STAGE_DELIVERY ? g_ptr_array_index (env->rcpts, i) : NULL;
+        g_autofree char *what = r ? g_strdup_printf ("delivery to <%s>", r->address)
+          : g_strdup ("queued");
+        print_verdict (what, &v);
+        if (r && (v.kind == GM_VERDICT_NEXT || v.kind == GM_VERDICT_ACCEPT))
+          printf (", %s %s", r->transport == GM_TRANSPORT_MBOX ? "mbox" : "maildir",
+                  r->destination);
+        printf ("\n");
+        gboolean goes_on = v.kind == GM_VERDICT_NEXT || v.kind == GM_VERDICT_ACCEPT;
+        gm_verdict_clear (&v);
+        if (!r && !goes_on)
+          goto out;
+      }
+out:
+  gm_policy_message_free (pm);
+}
+
 /* Carry out what the session asks until it wants input or closes. */
 static GmSessionAction
 act (GmSession *s, GmSessionAction action)
@@ -94,23 +157,15 @@ act (GmSession *s, GmSessionAction action)
         {
           Wait w = { NULL, { 0 }, FALSE };
           GmVerdict v = { 0 };
-          if (gm_policy_run (s, &v, rules_answered, &w))
-            action = gm_session_policy_done (s, &v);
-          else
-            {
-              /* The rules wait (pause, DNS): run the main loop until they answer. */
-              w.loop = g_main_loop_new (NULL, FALSE);
-              while (!w.done)
-                g_main_loop_run (w.loop);
-              g_main_loop_unref (w.loop);
-              action = gm_session_policy_done (s, &w.verdict);
-              gm_verdict_clear (&w.verdict);
-            }
+          if (!gm_policy_run (s, &v, rules_answered, &w))
+            wait_for_rules (&w, &v);
+          action = gm_session_policy_done (s, &v);
           gm_verdict_clear (&v);
         }
       else if (action == GM_SESSION_SPOOL)
         {
           print_queued (s);
+          run_message_rules (s);
           action = gm_session_spooled (s, NULL);
         }
       else

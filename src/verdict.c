@@ -6,7 +6,7 @@
 #include <gio/gio.h>
 
 static const char *const stage_names[GM_N_STAGES] = {
-  "connect", "helo", "auth", "mail", "rcpt", "data",
+  "connect", "helo", "auth", "mail", "rcpt", "data", "queued", "delivery",
 };
 
 const char *

@@ -10,6 +10,8 @@ typedef enum
   GM_STAGE_MAIL,
   GM_STAGE_RCPT,
   GM_STAGE_DATA,
+  GM_STAGE_QUEUED,              /* after the 250, once, before the first delivery attempt */
+  GM_STAGE_DELIVERY,            /* each recipient, at each delivery attempt */
   GM_N_STAGES
 } GmStage;
 

@@ -788,7 +788,7 @@ def _():
     c = srv.connect()
     c.ehlo(HELO)
     for header, needle in ((b"X-Bad-Name: 1\r\n", "invalid header name"),
-                           (b"X-Use-Old: 1\r\n", "only valid while its data rules run")):
+                           (b"X-Use-Old: 1\r\n", "only valid while the rules of its stage run")):
         if header == b"X-Use-Old: 1\r\n":
             transaction(c, ["first@example.test"])           # leaves a message object behind
         c.send_expect("MAIL FROM:<%s>" % SENDER, 250)
@@ -1099,7 +1099,7 @@ def _():
     path, p = check_config(text)
     assert_equal(p.returncode, 1, "exit status (stdout %r, stderr %r)" % (p.stdout, p.stderr))
     line = line_of(text, "(rule nosuch")
-    assert_equal(p.stderr, "%s:%d:1: rule: unknown stage nosuch (known: connect, helo, auth, mail, rcpt, data)\n"
+    assert_equal(p.stderr, "%s:%d:1: rule: unknown stage nosuch (known: connect, helo, auth, mail, rcpt, data, queued, delivery)\n"
                  % (path, line), "stderr")
 
 

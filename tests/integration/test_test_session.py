@@ -70,5 +70,25 @@ def _():
     assert p.stderr.startswith(conf + ":2:1: rule: unknown stage nosuch"), p.stderr
 
 
+@test("queued and delivery rules: their verdicts and each recipient's mailbox are printed")
+def _():
+    conf = os.path.join(make_tempdir(), "q.scm")
+    with open(conf, "w") as f:
+        f.write('(use-modules (guillemot))\n(local-domains "example.test")\n'
+                '(deliver-local (maildir "/srv/mail/~a"))\n'
+                '(rule queued "archive" (lambda (s msg) (add-recipient! s "archive@example.test") (next)))\n'
+                '(rule delivery "route" (lambda (s rcpt)\n'
+                '  (cond ((string-prefix? "bob@" rcpt) (deliver-to! s rcpt (mbox "/srv/mbox/~a")) (next))\n'
+                '        ((string-prefix? "archive@" rcpt) (next))\n'
+                '        (else (defer 450 "4.2.1 later")))))\n')
+    p, state = dry_run(CONVERSATION.replace("blocked@", "carl@"), config=conf)
+    out = p.stdout.splitlines()
+    for line in ("*** queued: next",
+                 "*** delivery to <carl@example.test>: defer 450 4.2.1 later",
+                 "*** delivery to <bob@example.test>: next, mbox /srv/mbox/bob",
+                 "*** delivery to <archive@example.test>: next, maildir /srv/mail/archive"):
+        assert line in out, "%r not in:\n%s" % (line, p.stdout)
+    assert not os.path.exists(os.path.join(state, "spool")), "test-session touched the spool"
+
 
 run()
