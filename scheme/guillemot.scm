@@ -517,7 +517,7 @@ down a client that tries many addresses (tarpitting)."
      ((not (eq? (rule-stage (car rs)) stage)) (loop (cdr rs)))
      (else
       (let* ((r (car rs))
-             (start (get-internal-real-time))
+             (start (and trace? (get-internal-real-time)))
              (v (catch #t
                   (lambda () (apply (rule-proc r) session args))
                   (lambda (key . err)

@@ -20,6 +20,20 @@
 #include "log.h"
 #include "settings.h"
 
+/* A symbol interned once: scm_from_utf8_symbol hashes its name at each call. */
+#define SYM(name) ({ static SCM sym_; \
+                     if (!sym_) sym_ = scm_permanent_object (scm_from_utf8_symbol (name)); \
+                     sym_; })
+
+static SCM
+stage_symbol (GmStage stage)
+{
+  static SCM symbols[GM_N_STAGES];
+  if (!symbols[stage])
+    symbols[stage] = scm_permanent_object (scm_from_utf8_symbol (gm_stage_name (stage)));
+  return symbols[stage];
+}
+
 static SCM run_stage;           /* (guillemot) %run-stage, protected */
 static SCM resume;              /* (guillemot) %resume, protected */
 static SCM current_rules;       /* the rule set new sessions get, protected */
@@ -412,7 +426,7 @@ static SCM
 session_deliver_to (SCM handle, SCM address, SCM kind, SCM template)
 {
   SessionHandle *h = handle_of (handle, "deliver-to!");
-  GmTransport t = scm_is_eq (kind, scm_from_utf8_symbol ("mbox")) ? GM_TRANSPORT_MBOX
+  GmTransport t = scm_is_eq (kind, SYM ("mbox")) ? GM_TRANSPORT_MBOX
     : GM_TRANSPORT_MAILDIR;
   char *a = scm_to_utf8_string (address);
   char *tpl = scm_to_utf8_string (template);
@@ -491,9 +505,9 @@ struct GmPolicyWait
 typedef GmPolicyWait SessionPolicy;
 
 /* The message and session objects of the stage running are kept in the cell
- * too: C holds raw pointers to what they point to, which their finalizers
- * free, so they must not be collected before the stage ends. */
-enum { CELL_VARS, CELL_RULES, CELL_K, CELL_MESSAGE, CELL_SESSION, CELL_SIZE };
+ * too: C holds raw pointers to what they point to (collectable memory), so
+ * they must not be collected before the stage ends. */
+enum { CELL_VARS, CELL_RULES, CELL_K, CELL_MESSAGE, CELL_SESSION, CELL_CONN_FACTS, CELL_SIZE };
 
 static guint
 mask_of (SCM rule_set)
@@ -502,7 +516,7 @@ mask_of (SCM rule_set)
   SCM stages = scm_call_1 (scm_c_private_ref ("guillemot", "%rule-stages"), rule_set);
   for (; scm_is_pair (stages); stages = scm_cdr (stages))
     for (guint st = 0; st < GM_N_STAGES; st++)
-      if (scm_is_eq (scm_car (stages), scm_from_utf8_symbol (gm_stage_name (st))))
+      if (scm_is_eq (scm_car (stages), stage_symbol (st)))
         mask |= 1u << st;
   return mask;
 }
@@ -617,18 +631,26 @@ opt_string (const char *s)
   return s ? scm_from_utf8_string (s) : SCM_BOOL_F;
 }
 
-#define FACT(key, value) facts = scm_acons (scm_from_utf8_symbol (key), (value), facts)
+#define FACT(key, value) facts = scm_acons (SYM (key), (value), facts)
 
+/* The facts of SP's session at its current stage. Those of the connection
+ * are made once and shared by every stage: fewer allocations per stage. */
 static SCM
-session_facts (GmSession *s, GmStage stage)
+session_facts (SessionPolicy *sp, GmStage stage)
 {
-  const GmConnInfo *c = gm_session_conn (s);
+  GmSession *s = sp->session;
   const GmEnvelope *env = gm_session_envelope (s);
-  SCM facts = SCM_EOL;
-  FACT ("client-address", scm_from_utf8_string (c->client_address));
-  FACT ("client-port", scm_from_uint16 (c->client_port));
-  FACT ("local-address", scm_from_utf8_string (c->local_address));
-  FACT ("local-port", scm_from_uint16 (c->local_port));
+  SCM facts = scm_c_vector_ref (sp->cell, CELL_CONN_FACTS);
+  if (scm_is_false (facts))
+    {
+      const GmConnInfo *c = gm_session_conn (s);
+      facts = SCM_EOL;
+      FACT ("client-address", scm_from_utf8_string (c->client_address));
+      FACT ("client-port", scm_from_uint16 (c->client_port));
+      FACT ("local-address", scm_from_utf8_string (c->local_address));
+      FACT ("local-port", scm_from_uint16 (c->local_port));
+      scm_c_vector_set_x (sp->cell, CELL_CONN_FACTS, facts);
+    }
   FACT ("helo", opt_string (gm_session_helo (s)));
   FACT ("esmtp", scm_from_bool (gm_session_esmtp (s)));
   FACT ("tls", SCM_BOOL_F);                  /* STARTTLS and AUTH come with their issue */
@@ -719,13 +741,13 @@ verdict_from_scm (SCM result, GmVerdict *v, GError **error)
     }
   SCM kind = scm_car (result);
   gm_verdict_clear (v);
-  if (scm_is_eq (kind, scm_from_utf8_symbol ("next")))
+  if (scm_is_eq (kind, SYM ("next")))
     v->kind = GM_VERDICT_NEXT;
-  else if (scm_is_eq (kind, scm_from_utf8_symbol ("accept")))
+  else if (scm_is_eq (kind, SYM ("accept")))
     v->kind = GM_VERDICT_ACCEPT;
-  else if (scm_is_eq (kind, scm_from_utf8_symbol ("discard")))
+  else if (scm_is_eq (kind, SYM ("discard")))
     v->kind = GM_VERDICT_DISCARD;
-  else if (scm_is_eq (kind, scm_from_utf8_symbol ("quarantine")))
+  else if (scm_is_eq (kind, SYM ("quarantine")))
     {
       SCM name = scm_caddr (result);
       char *n = scm_is_string (name) ? scm_to_utf8_string (name) : NULL;
@@ -742,8 +764,8 @@ verdict_from_scm (SCM result, GmVerdict *v, GError **error)
     }
   else
     {
-      gboolean reject = scm_is_eq (kind, scm_from_utf8_symbol ("reject"));
-      if (!reject && !scm_is_eq (kind, scm_from_utf8_symbol ("defer")))
+      gboolean reject = scm_is_eq (kind, SYM ("reject"));
+      if (!reject && !scm_is_eq (kind, SYM ("defer")))
         {
           g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "unknown verdict");
           return FALSE;
@@ -783,7 +805,7 @@ start_body (void *data)
 static gboolean
 settle (SessionPolicy *sp, SCM result, GmVerdict *v)
 {
-  if (scm_is_pair (result) && scm_is_eq (scm_car (result), scm_from_utf8_symbol ("suspend")))
+  if (scm_is_pair (result) && scm_is_eq (scm_car (result), SYM ("suspend")))
     {
       SCM k = scm_cadr (result);
       char *name = scm_to_utf8_string (scm_symbol_to_string (scm_caddr (result)));
@@ -838,19 +860,20 @@ run_rules (SessionPolicy *sp, GmStage stage, SCM facts, GString *message, gboole
   SCM msg = SCM_BOOL_F;
   if (message)
     {
-      sp->handle = g_new0 (MessageHandle, 1);
+      /* Collectable memory: no finalizer to register, run and wait for. */
+      sp->handle = scm_gc_malloc_pointerless (sizeof (MessageHandle), "message handle");
       sp->handle->body = message;
       sp->handle->read_only = read_only;
-      msg = scm_from_pointer (sp->handle, g_free);
+      msg = scm_from_pointer (sp->handle, NULL);
       scm_c_vector_set_x (sp->cell, CELL_MESSAGE, msg);
       stage_args = scm_cons (msg, stage_args);
     }
-  sp->session_handle = g_new0 (SessionHandle, 1);
+  sp->session_handle = scm_gc_malloc_pointerless (sizeof (SessionHandle), "session handle");
   *sp->session_handle = (SessionHandle) { TRUE, sp->session, sp->env, stage, &sp->changed };
-  SCM handle = scm_from_pointer (sp->session_handle, g_free);
+  SCM handle = scm_from_pointer (sp->session_handle, NULL);
   scm_c_vector_set_x (sp->cell, CELL_SESSION, handle);
   SCM args = scm_list_n (scm_c_vector_ref (sp->cell, CELL_RULES),
-                         scm_from_utf8_symbol (gm_stage_name (stage)), facts,
+                         stage_symbol (stage), facts,
                          scm_c_vector_ref (sp->cell, CELL_VARS), msg, handle, stage_args,
                          SCM_UNDEFINED);
   SCM result = safe_call (run_stage, args);
@@ -866,7 +889,7 @@ gm_policy_run (GmSession *s, GmVerdict *v, GmPolicyDone done, gpointer data)
   g_return_val_if_fail (sp != NULL, (gm_verdict_set_policy_failure (v), TRUE));
   const char *arg;
   GmStage stage = gm_session_policy_stage (s, &arg);
-  SCM facts = session_facts (s, stage);
+  SCM facts = session_facts (sp, stage);
   if (stage == GM_STAGE_DATA)
     return run_rules (sp, stage, facts, gm_session_body (s), FALSE, SCM_EOL, v, done, data);
   SCM stage_args = stage == GM_STAGE_CONNECT ? SCM_EOL : scm_list_1 (scm_from_utf8_string (arg));

@@ -359,8 +359,8 @@ def _():
     transaction(c, "rcpt@example.test", b"Subject: one\r\n\r\none\r\n")
     r = send_data(c, "rcpt@example.test", b"Subject: two\r\n\r\ntwo\r\n")
     assert_equal(r.last, "451 4.3.0 Temporary policy failure", "reply to the second message")
-    srv.wait_log(r'policy error: rule "keep" \(data, .*the message is only valid while its data '
-                 r'rules run')
+    srv.wait_log(r'policy error: rule "keep" \(data, .*the message is only valid while the rules of '
+                 r'its stage run')
 
 
 # ---------------------------------------------------------------------------
