@@ -443,12 +443,20 @@ many were renamed."
 
 (define policy-prompt (make-prompt-tag "guillemot-policy"))
 
+(define policy-failure '(defer 451 "4.3.0 Temporary policy failure"))
+
 (define (suspend operation . args)
   "Wait, without blocking the server, for OPERATION (a symbol the server
 knows, such as @code{pause}) done with ARGS; return its result."
   (unless (symbol? operation)
     (error (format #f "suspend: the operation must be a symbol, got ~s" operation)))
-  (abort-to-prompt policy-prompt operation args))
+  ;; Other sessions' rules run meanwhile: what runs here is known again after.
+  (let ((rule current-rule) (stage current-stage) (session current-session))
+    (let ((value (abort-to-prompt policy-prompt operation args)))
+      (set! current-rule rule)
+      (set! current-stage stage)
+      (set! current-session session)
+      value)))
 
 (define (pause seconds)
   "Suspend this session for SECONDS (a real number, at most 600) without
@@ -459,27 +467,45 @@ down a client that tries many addresses (tarpitting)."
   (suspend 'pause (exact->inexact seconds)))
 
 (define in-stage? #f)                    ; Scheme code of a stage is running
-
-(define (under-prompt thunk)
-  (set! in-stage? #t)
-  (let ((result (call-with-prompt policy-prompt
-                  thunk
-                  (lambda (k operation args) (list 'suspend k operation args)))))
-    (set! in-stage? #f)
-    result))
+;; The rule running, for the log line of an interruption.
+(define current-rule #f)
+(define current-stage #f)
+(define current-session #f)
 
 ;;; Time budget.  The server arms a timer (#:rule-time-limit) whenever Scheme
 ;;; code of a stage runs; when it fires inside a rule, the rule is
-;;; interrupted like any failing rule.
+;;; interrupted like any failing rule.  The interruption is an abort to a
+;;; prompt of its own, not an exception: a rule's (catch #t ...) cannot
+;;; swallow it.
+
+(define time-limit-prompt (make-prompt-tag "guillemot-time-limit"))
 
 (define (%on-alarm signal)
   ;; The server arms the alarm only while a stage's Scheme code runs.
   (when in-stage?
-    (throw 'rule-time-limit)))
+    (abort-to-prompt time-limit-prompt)))
+
+(define (interrupted)
+  (let ((r current-rule))
+    ((core '%log) (and current-session (fact current-session 'queue-id))
+     (format #f "policy error: rule ~s (~a~a) failed: interrupted: it ran longer than #:rule-time-limit"
+             (if r (rule-name r) "?") current-stage (if r (rule-place r) "")))
+    (when r (trace-verdict r current-stage 'failed #f))
+    policy-failure))
+
+(define (under-prompt thunk)
+  (set! in-stage? #t)
+  (let ((result (call-with-prompt time-limit-prompt
+                  (lambda ()
+                    (call-with-prompt policy-prompt
+                      thunk
+                      (lambda (k operation args) (list 'suspend k operation args))))
+                  (lambda (k) (interrupted)))))
+    (set! in-stage? #f)
+    result))
 
 (define (describe-error key args)
   (cond
-   ((eq? key 'rule-time-limit) "interrupted: it ran longer than #:rule-time-limit")
    ((and (eq? key 'config-error) (pair? args) (string? (car args))) (car args))
    (else
       (string-trim-right
@@ -488,7 +514,7 @@ down a client that tries many addresses (tarpitting)."
 (define (rule-place r)
   (if (rule-where r) (string-append ", " (rule-where r)) ""))
 
-(define policy-failure '(defer 451 "4.3.0 Temporary policy failure"))
+
 
 (define trace? #f)                       ; guillemot test-session: log each verdict
 
@@ -498,7 +524,7 @@ down a client that tries many addresses (tarpitting)."
 (define (trace-verdict r stage v start)
   (when trace?
     ((core '%log) #f
-     (format #f "rule ~s (~a): ~a, ~a ms" (rule-name r) stage
+     (format #f "rule ~s (~a): ~a~a" (rule-name r) stage
              (cond ((verdict? v)
                     (if (verdict-code v)
                         (format #f "~a ~a ~a" (verdict-kind v) (verdict-code v) (verdict-text v))
@@ -506,9 +532,12 @@ down a client that tries many addresses (tarpitting)."
                                 (if (verdict-text v) (string-append " " (verdict-text v)) ""))))
                    ((eq? v 'failed) "failed")
                    (else (format #f "~s (not a verdict)" v)))
-             (/ (round (/ (* 1000000 (- (get-internal-real-time) start))
-                          internal-time-units-per-second))
-                1000.0)))))
+             (if start
+                 (format #f ", ~a ms"
+                         (/ (round (/ (* 1000000 (- (get-internal-real-time) start))
+                                      internal-time-units-per-second))
+                            1000.0))
+                 "")))))
 
 (define (run-rules rule-set stage session args)
   (let loop ((rs rule-set))
@@ -516,6 +545,9 @@ down a client that tries many addresses (tarpitting)."
      ((null? rs) '(next #f #f))
      ((not (eq? (rule-stage (car rs)) stage)) (loop (cdr rs)))
      (else
+      (set! current-rule (car rs))
+      (set! current-stage stage)
+      (set! current-session session)
       (let* ((r (car rs))
              (start (and trace? (get-internal-real-time)))
              (v (catch #t

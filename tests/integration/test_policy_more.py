@@ -624,6 +624,30 @@ def _():
     delivered_one(srv, "next", qid)
 
 
+@test("a runaway loop inside (catch #t ...) is interrupted all the same: the limit is not an "
+      "exception a rule can catch", timeout=20)
+def _():
+    srv = policy_server("""
+(rule rcpt "catches everything"
+  (lambda (s rcpt)
+    (catch #t
+      (lambda () (when (string-prefix? "loop@" rcpt) (let loop () (loop))))
+      (lambda args (log-message s "caught ~s" args)))
+    (next)))
+""", settings={"rule-time-limit": 200})
+    c = srv.connect()
+    c.ehlo(HELO)
+    c.send_expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.send("RCPT TO:<loop@example.test>\r\n")
+    r, waited = timed_reply(c)
+    assert_equal(r.last, FAILURE, "reply to the RCPT whose rule loops")
+    assert waited < 0.6, "interrupted after %.2fs (limit 200 ms)" % waited
+    srv.wait_log(r'policy error: rule "catches everything" \(rcpt, %s\) failed: interrupted'
+                 % re.escape(config_line(srv, '(rule rcpt "catches everything"')))
+    assert "caught" not in srv.log_text(), "the rule's catch saw the interruption"
+    c.send_expect("RCPT TO:<after@example.test>", 250)
+
+
 @test("a rule that runs away after a pause, while another session's rules ran, is interrupted "
       "too", timeout=25)
 def _():
