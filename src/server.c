@@ -54,6 +54,7 @@ struct Conn
   gint64 connected;             /* monotonic µs */
   gint64 last_activity;         /* monotonic µs */
   gboolean busy;                /* a spool write or the rules are running for it */
+  gboolean waiting_rules;       /* busy: its rules wait for an operation (pause, DNS...) */
   gboolean closing;             /* flush, then close */
   GList link;
 };
@@ -304,6 +305,7 @@ policy_done (gpointer data, const GmVerdict *v)
 {
   Conn *c = data;
   c->busy = FALSE;
+  c->waiting_rules = FALSE;
   c->last_activity = g_get_monotonic_time ();
   conn_act (c, gm_session_policy_done (c->session, v));
 }
@@ -319,6 +321,7 @@ conn_act (Conn *c, GmSessionAction action)
         {
           /* The rules wait for I/O: read nothing until they answer. */
           c->busy = TRUE;
+          c->waiting_rules = TRUE;
           conn_settle (c);
           return;
         }
@@ -441,10 +444,12 @@ static gboolean
 on_tick (gpointer data)
 {
   gint64 now = g_get_monotonic_time ();
+  guint waiting = 0;
   for (GList *l = conns.head; l;)
     {
       Conn *c = l->data;
       l = l->next;
+      waiting += c->waiting_rules;
       if (c->busy)
         continue;
       if (c->closing)
@@ -466,6 +471,15 @@ on_tick (gpointer data)
     }
   if (shutting_down && g_queue_is_empty (&conns))
     g_main_loop_quit (loop);
+  else if (shutting_down && now >= shutdown_deadline && waiting == conns.length)
+    {
+      /* Rules that wait (a long pause, a slow lookup) cannot hold the
+       * shutdown past its time: their clients have no 250 yet, so nothing
+       * they sent is lost. */
+      gm_log (NULL, "shutting down: %u session(s) still waiting for their rules, stopping anyway",
+              waiting);
+      g_main_loop_quit (loop);
+    }
   return G_SOURCE_CONTINUE;
 }
 

@@ -14,6 +14,7 @@ sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 
 import os
 import re
+import signal
 import socket
 import time
 
@@ -622,6 +623,24 @@ def _():
     qid = transaction(d, ["next@example.test"])
     assert time.monotonic() - t0 < 1.0
     delivered_one(srv, "next", qid)
+
+
+@test("SIGTERM: a session whose rule pauses for 600 s does not hold the shutdown past "
+      "#:shutdown-timeout", timeout=20)
+def _():
+    srv = policy_server("""
+(rule rcpt "long pause" (lambda (s rcpt) (pause 600) (next)))
+""", settings={"shutdown-timeout": 1})
+    c = srv.connect()
+    c.ehlo(HELO)
+    c.send_expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.send("RCPT TO:<waits@example.test>\r\n")
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    assert_equal(srv.wait_exit(8), 0, "exit status after SIGTERM")
+    assert time.monotonic() - t0 < 4, "exit took %.1fs" % (time.monotonic() - t0)
+    srv.wait_log(r"shutting down: 1 session\(s\) still waiting for their rules, stopping anyway")
 
 
 @test("a runaway loop inside (catch #t ...) is interrupted all the same: the limit is not an "
