@@ -83,3 +83,21 @@
   (lambda (s msg)
     (header-add! msg "X-Guillemot-Policy" "checked")
     (next)))
+
+;;; After the 250: the queued rules run once per message, before it is
+;;; delivered; the delivery rules for each recipient at each attempt.
+
+;; Mail sent to the postmaster is archived too (a blind copy, written back
+;; to the queue file before anything is delivered).
+(rule queued "archive postmaster mail"
+  (lambda (s msg)
+    (when (member "postmaster@example.test" (recipients s))
+      (add-recipient! s "archive@example.test"))
+    (next)))
+
+;; The archive is one mbox file rather than a Maildir.
+(rule delivery "archive into an mbox"
+  (lambda (s rcpt)
+    (when (string=? rcpt "archive@example.test")
+      (deliver-to! s rcpt (mbox "mail/archive.mbox")))
+    (next)))
