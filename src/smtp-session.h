@@ -83,6 +83,9 @@ gboolean gm_session_set_mailbox (GmSession *s, const char *address, GmTransport 
 /* Facts for the I/O layer. */
 gboolean gm_session_reading_data (GmSession *s);   /* DATA or BDAT content: data-timeout applies */
 gboolean gm_session_in_transaction (GmSession *s); /* MAIL given and not finished */
+/* Command lines read so far, whole (the I/O layer's command-timeout restarts
+ * only when this grows, not with every byte). */
+guint64 gm_session_requests (GmSession *s);
 
 /* "ehlo=1 mail=1 rcpt=2 data=1 quit=1 commands=6", for the disconnect log line. */
 char *gm_session_summary (GmSession *s);
