@@ -56,7 +56,7 @@ struct Conn
 {
   int fd;
   GSource *source;              /* one per connection; its events change, it stays */
-  gpointer fd_tag;
+  gpointer fd_tag;              /* NULL once the peer is gone while busy */
   GIOCondition watching;
   GmSession *session;
   char client[INET6_ADDRSTRLEN];
@@ -258,7 +258,8 @@ static gboolean
 conn_dispatch (GSource *source, GSourceFunc callback, gpointer user_data)
 {
   Conn *c = ((ConnSource *) source)->conn;
-  on_conn_io (c, g_source_query_unix_fd (source, c->fd_tag));
+  if (c->fd_tag)
+    on_conn_io (c, g_source_query_unix_fd (source, c->fd_tag));
   return G_SOURCE_CONTINUE;
 }
 
@@ -273,7 +274,7 @@ conn_update_watch (Conn *c)
     want |= G_IO_OUT;
   if (!c->busy && !c->closing && out->len < MAX_PENDING_OUTPUT)
     want |= G_IO_IN;
-  if (want == c->watching)
+  if (want == c->watching || !c->fd_tag)
     return;
   g_source_modify_unix_fd (c->source, c->fd_tag, want);
   c->watching = want;
@@ -435,10 +436,29 @@ conn_act (Conn *c, GmSessionAction action)
   conn_settle (c);
 }
 
+/* The peer reset the connection (or hung up) while its message is being
+ * spooled or its rules wait. poll() reports that whatever events are asked
+ * for, so the descriptor leaves the poll set instead of waking the loop
+ * again and again; the work in progress finishes, then the connection is
+ * closed (its reply cannot be sent). */
+static void
+conn_peer_gone (Conn *c)
+{
+  c->closing = TRUE;
+  g_source_remove_unix_fd (c->source, c->fd_tag);
+  c->fd_tag = NULL;
+  c->watching = 0;
+}
+
 static void
 on_conn_io (Conn *c, GIOCondition cond)
 {
   static char buf[64 * 1024];
+  if ((cond & (G_IO_HUP | G_IO_ERR)) && c->busy)
+    {
+      conn_peer_gone (c);
+      return;
+    }
   if ((cond & G_IO_IN) && !c->busy && !c->closing)
     {
       ssize_t n = recv (c->fd, buf, sizeof buf, 0);
