@@ -854,8 +854,8 @@ cmd_bdat (GmSession *s, char *arg)
   else if (!s->env || s->env->rcpts->len == 0)
     s->chunk_error = !s->env ? GM_REPLY_BAD_SEQUENCE
       : s->rcpt_refused ? GM_REPLY_NO_VALID_RECIPIENTS : GM_REPLY_BAD_SEQUENCE;
-  else if (s->size + size > gm_config.max_message_size)
-    s->chunk_error = GM_REPLY_TOO_BIG;
+  else if (size > gm_config.max_message_size - MIN (s->size, gm_config.max_message_size))
+    s->chunk_error = GM_REPLY_TOO_BIG;  /* not s->size + size: a 20-digit size wraps around */
   if (s->env)
     s->bdat_used = TRUE;        /* RFC 3030 §3: no DATA in this transaction any more */
 }

@@ -16,7 +16,8 @@ import time
 
 from harness import (Server, assert_equal, assert_in, check_delivered, queue_id, read_file,
                      received_block, run, stuff, test, wait_for)
-from hostile import HELO, SENDER, open_transaction, still_serves, wait_disconnect_logged
+from hostile import (HELO, SENDER, RssSampler, open_transaction, still_serves,
+                     wait_disconnect_logged)
 
 DATA_RULES = """\
 (use-modules (guillemot))
@@ -363,6 +364,29 @@ def _():
         f2 = [f for f in files if qid2 in f][0]
         check_delivered(read_file(f2), SENDER, "bdatsmall@example.test", HELO, "127.0.0.1", qid2,
                         ["bdatsmall@example.test"], b"hello\r\n")
+        still_serves(srv)
+
+
+@test("BDAT size that wraps around 2^64 with the bytes already received: skipped like any chunk over max-message-size, in bounded memory")
+def _():
+    with Server(settings={"max-message-size": 2000}) as srv:
+        c = open_transaction(srv, ["wrap@example.test"], timeout=10)
+        c.send(b"BDAT 10\r\n0123456789")
+        c.expect(250, "2.0.0 10 octets received")
+        rss = RssSampler(srv.proc.pid, interval=0)
+        # 10 + (2^64 - 5) is 5 in 64 bits: the size check once let it through
+        # and every byte of the chunk was kept.
+        c.send(b"BDAT %d LAST\r\n" % (2 ** 64 - 5))
+        for i in range(20):
+            c.send(b"y" * (1024 * 1024))
+            rss.sample()
+        time.sleep(0.2)
+        rss.report("20 MiB into a BDAT chunk of 2^64-5 bytes, max-message-size 2000")
+        assert rss.peak - rss.start < 4 * 1024, "the chunk was kept: RSS grew %d KiB" % (rss.peak - rss.start)
+        c.close()
+        wait_disconnect_logged(srv, 2)
+        assert not srv.maildir_files("wrap")
+        assert_equal(srv.spool_files("incoming"), [], "spool/incoming")
         still_serves(srv)
 
 
