@@ -36,7 +36,7 @@
 #include "spool.h"
 #include "workers.h"
 
-#define MAX_PENDING_OUTPUT (64 * 1024)   /* stop reading while this much is unsent */
+#define MAX_PENDING_OUTPUT GM_SESSION_OUTPUT_LIMIT   /* stop reading while this much is unsent */
 #define ACCEPT_PAUSE_MS 1000             /* out of file descriptors: wait before accepting again */
 
 typedef struct
@@ -270,9 +270,12 @@ conn_update_watch (Conn *c)
 {
   GIOCondition want = 0;
   GString *out = gm_session_output (c->session);
-  if (out->len > 0)
+  /* A stalled session (commands waiting for the replies to drain) is driven
+   * on by the next "writable" event, from the loop: no recursion. */
+  gboolean stalled = gm_session_stalled (c->session);
+  if (out->len > 0 || stalled)
     want |= G_IO_OUT;
-  if (!c->busy && !c->closing && out->len < MAX_PENDING_OUTPUT)
+  if (!c->busy && !c->closing && out->len < MAX_PENDING_OUTPUT && !stalled)
     want |= G_IO_IN;
   if (want == c->watching || !c->fd_tag)
     return;
@@ -475,6 +478,15 @@ on_conn_io (Conn *c, GIOCondition cond)
           conn_act (c, action);
           return;
         }
+    }
+  if ((cond & G_IO_OUT) && !c->busy && !c->closing && gm_session_stalled (c->session)
+      && conn_flush (c) && gm_session_output (c->session)->len < MAX_PENDING_OUTPUT)
+    {
+      /* The replies drained: read the commands still buffered. */
+      GmSessionAction action = gm_session_feed (c->session, NULL, 0);
+      conn_advance_deadline (c, g_get_monotonic_time (), 0);
+      conn_act (c, action);
+      return;
     }
   if (cond & (G_IO_OUT | G_IO_HUP | G_IO_ERR))
     conn_settle (c);

@@ -45,6 +45,7 @@ struct GmSession
   GString *out;
   InputMode mode;
   gboolean discarding_line;     /* an over-long command line is being skipped */
+  gboolean stalled;             /* commands wait until the output drains */
 
   char *helo;
   gboolean esmtp;
@@ -133,6 +134,12 @@ GString *
 gm_session_output (GmSession *s)
 {
   return s->out;
+}
+
+gboolean
+gm_session_stalled (GmSession *s)
+{
+  return s->stalled && s->mode == IN_COMMAND && s->in->len > 0;
 }
 
 const GmConnInfo *
@@ -1108,6 +1115,11 @@ process_commands (GmSession *s)
 {
   while (s->mode == IN_COMMAND && s->in_pos < s->in->len)
     {
+      if (s->out->len >= GM_SESSION_OUTPUT_LIMIT)
+        {
+          s->stalled = TRUE;    /* the replies must drain first */
+          return;
+        }
       char *p = s->in->str + s->in_pos;
       gsize avail = s->in->len - s->in_pos;
       char *lf = memchr (p, '\n', avail);
@@ -1307,6 +1319,7 @@ static GmSessionAction
 process (GmSession *s)
 {
   GmSessionAction action = GM_SESSION_WANT_INPUT;
+  s->stalled = FALSE;
   for (;;)
     {
       gsize before = s->in_pos;

@@ -109,6 +109,56 @@ def _():
         still_serves(srv)
 
 
+@test("50 clients pipelining EHLOs (170-byte replies for 26-byte commands) and never reading: about 64 KiB of replies held each")
+def _():
+    n = 50
+    with Server(settings={"command-timeout": 30}) as srv:
+        rss = RssSampler(srv.proc.pid, interval=0)
+        socks = []
+        for i in range(n):
+            s = socket.create_connection((srv.host, srv.port), timeout=10)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setblocking(False)
+            socks.append(s)
+        block = b"EHLO client.example.test\r\n" * 20000
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3:
+            for s in socks:
+                try:
+                    s.send(block)
+                except BlockingIOError:
+                    pass
+            rss.sample()
+            time.sleep(0.05)
+        rss.report("%d clients pipelining EHLOs without reading" % n)
+        per = (rss.peak - rss.start) / n
+        diag("%.0f KiB held per client (replies wait in at most GM_SESSION_OUTPUT_LIMIT, 64 KiB)" % per)
+        # Before the session stopped reading at 64 KiB of replies, each held
+        # the replies of a whole 64 KiB read: about 1.1 MiB.
+        assert per < 256, "%.0f KiB per client" % per
+        for s in socks:
+            s.close()
+        wait_disconnect_logged(srv, n + 1, timeout=20)
+        # A client that reads late gets every reply, whole and in order.
+        c = srv.connect(timeout=20)
+        m = 20000
+        t = threading.Thread(target=lambda: c.sock.sendall(b"EHLO client.example.test\r\n" * m
+                                                              + b"QUIT\r\n"), daemon=True)
+        t.start()
+        time.sleep(1)
+        data = b""
+        while True:
+            chunk = c.sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        t.join(10)
+        assert data.endswith(b"250 CHUNKING\r\n221 2.0.0 Bye\r\n"), data[-200:]
+        assert_equal(data.count(b"250-mx.example.test\r\n250-PIPELINING\r\n"), m, "EHLO replies")
+        assert_equal(data.count(b"250 CHUNKING\r\n"), m, "whole EHLO replies")
+        still_serves(srv)
+
+
 # ---- Slowloris ---------------------------------------------------------------
 
 @test("slowloris on commands: a byte a second never completes a line, 421 4.4.2 at command-timeout", timeout=30)
