@@ -3,8 +3,16 @@
  * The I/O layer around the session state machine: reads bytes, feeds the
  * session, writes its replies, runs the spool job it asks for on a worker
  * thread, and applies the connection limits and timeouts. One GLib source per
- * connection; one 1-second timer checks every connection's idle time. SIGHUP
- * reloads the configuration (control.c). */
+ * connection; one 1-second timer checks every connection's deadline. SIGHUP
+ * reloads the configuration (control.c).
+ *
+ * Deadlines are per request, as Postfix's smtpd_per_request_deadline: a
+ * command line must be whole within command-timeout of the end of the one
+ * before (a byte that does not complete it does not restart the clock), and
+ * message data must keep up min-data-rate, each read adding N / rate seconds
+ * to the time left, never beyond data-timeout (smtpd_min_data_rate). A
+ * client trickling a byte at a time is so disconnected after the timeout
+ * instead of never. */
 #include "config.h"
 #include "server.h"
 
@@ -12,6 +20,7 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <glib-unix.h>
@@ -27,7 +36,8 @@
 #include "spool.h"
 #include "workers.h"
 
-#define MAX_PENDING_OUTPUT (64 * 1024)   /* stop reading while this much is unsent */
+#define MAX_PENDING_OUTPUT GM_SESSION_OUTPUT_LIMIT   /* stop reading while this much is unsent */
+#define ACCEPT_PAUSE_MS 1000             /* out of file descriptors: wait before accepting again */
 
 typedef struct
 {
@@ -46,13 +56,16 @@ struct Conn
 {
   int fd;
   GSource *source;              /* one per connection; its events change, it stays */
-  gpointer fd_tag;
+  gpointer fd_tag;              /* NULL once the peer is gone while busy */
   GIOCondition watching;
   GmSession *session;
   char client[INET6_ADDRSTRLEN];
   guint16 client_port;
   gint64 connected;             /* monotonic µs */
-  gint64 last_activity;         /* monotonic µs */
+  gint64 last_activity;         /* monotonic µs: the last byte read */
+  gint64 deadline;              /* monotonic µs: 421 4.4.2 when reached */
+  guint64 requests;             /* gm_session_requests () when the deadline was set */
+  gboolean reading_data;        /* ... and gm_session_reading_data () */
   gboolean busy;                /* a spool write or the rules are running for it */
   gboolean waiting_rules;       /* busy: its rules wait for an operation (pause, DNS...) */
   gboolean closing;             /* flush, then close */
@@ -65,6 +78,7 @@ static GHashTable *per_client;  /* client address -> count */
 static GMainLoop *loop;
 static gboolean shutting_down;
 static gint64 shutdown_deadline;
+static guint accept_resume;     /* timer while accepting is paused (EMFILE) */
 
 static void conn_update_watch (Conn *c);
 static void conn_close (Conn *c);
@@ -131,6 +145,12 @@ gm_server_listen (GError **error)
 {
   listeners = g_array_new (FALSE, FALSE, sizeof (Listener));
   per_client = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  struct rlimit rl;
+  guint64 wanted = (guint64) gm_config.max_connections + 64;
+  if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < wanted)
+    gm_log (NULL, "warning: the open file limit (%llu) is below max-connections + 64 (%llu): "
+            "connections past it wait in the listen backlog", (unsigned long long) rl.rlim_cur,
+            (unsigned long long) wanted);
   for (char **l = gm_config.listen; *l; l++)
     if (!listen_one (*l, error))
       return FALSE;
@@ -140,13 +160,51 @@ gm_server_listen (GError **error)
 static void
 close_listeners (void)
 {
+  if (accept_resume)
+    g_clear_handle_id (&accept_resume, g_source_remove);
   for (guint i = 0; i < listeners->len; i++)
     {
       Listener *l = &g_array_index (listeners, Listener, i);
-      g_source_remove (l->source);
+      if (l->source)
+        g_source_remove (l->source);
       close (l->fd);
     }
   g_array_set_size (listeners, 0);
+}
+
+/* Out of file descriptors (or memory), accept() fails and leaves the
+ * connection in the backlog, so the listener stays readable: accepting again
+ * at once would spin and log without end. Accepting stops instead, until a
+ * connection closes or ACCEPT_PAUSE_MS pass; the waiting clients stay in
+ * the kernel's backlog meanwhile. */
+static gboolean resume_accepting (gpointer data);
+
+static void
+pause_accepting (int error)
+{
+  if (accept_resume)
+    return;
+  gm_log (NULL, "accept: %s; not accepting connections for %ums", g_strerror (error),
+          ACCEPT_PAUSE_MS);
+  for (guint i = 0; i < listeners->len; i++)
+    {
+      Listener *l = &g_array_index (listeners, Listener, i);
+      g_clear_handle_id (&l->source, g_source_remove);
+    }
+  accept_resume = g_timeout_add (ACCEPT_PAUSE_MS, resume_accepting, NULL);
+}
+
+static gboolean
+resume_accepting (gpointer data)
+{
+  accept_resume = 0;
+  for (guint i = 0; i < listeners->len; i++)
+    {
+      Listener *l = &g_array_index (listeners, Listener, i);
+      if (!l->source)
+        l->source = g_unix_fd_add (l->fd, G_IO_IN, on_accept, NULL);
+    }
+  return G_SOURCE_REMOVE;
 }
 
 /* ---- Connections ------------------------------------------------------ */
@@ -201,7 +259,8 @@ static gboolean
 conn_dispatch (GSource *source, GSourceFunc callback, gpointer user_data)
 {
   Conn *c = ((ConnSource *) source)->conn;
-  on_conn_io (c, g_source_query_unix_fd (source, c->fd_tag));
+  if (c->fd_tag)
+    on_conn_io (c, g_source_query_unix_fd (source, c->fd_tag));
   return G_SOURCE_CONTINUE;
 }
 
@@ -212,11 +271,14 @@ conn_update_watch (Conn *c)
 {
   GIOCondition want = 0;
   GString *out = gm_session_output (c->session);
-  if (out->len > 0)
+  /* A stalled session (commands waiting for the replies to drain) is driven
+   * on by the next "writable" event, from the loop: no recursion. */
+  gboolean stalled = gm_session_stalled (c->session);
+  if (out->len > 0 || stalled)
     want |= G_IO_OUT;
-  if (!c->busy && !c->closing && out->len < MAX_PENDING_OUTPUT)
+  if (!c->busy && !c->closing && out->len < MAX_PENDING_OUTPUT && !stalled)
     want |= G_IO_IN;
-  if (want == c->watching)
+  if (want == c->watching || !c->fd_tag)
     return;
   g_source_modify_unix_fd (c->source, c->fd_tag, want);
   c->watching = want;
@@ -239,6 +301,12 @@ conn_close (Conn *c)
   gm_policy_forget (c->session);
   gm_session_free (c->session);
   g_free (c);
+  if (accept_resume)
+    {
+      /* A descriptor is free again. */
+      g_source_remove (accept_resume);
+      resume_accepting (NULL);
+    }
   if (shutting_down && g_queue_is_empty (&conns))
     g_main_loop_quit (loop);
 }
@@ -261,6 +329,35 @@ conn_settle (Conn *c)
       return;
     }
   conn_update_watch (c);
+}
+
+/* Start a new deadline: the session waits for a command, or for data. */
+static void
+conn_restart_deadline (Conn *c, gint64 now)
+{
+  c->requests = gm_session_requests (c->session);
+  c->reading_data = gm_session_reading_data (c->session);
+  guint timeout = c->reading_data ? gm_config.data_timeout : gm_config.command_timeout;
+  c->deadline = now + (gint64) timeout * G_USEC_PER_SEC;
+}
+
+/* After N bytes were fed to the session. */
+static void
+conn_advance_deadline (Conn *c, gint64 now, gsize n)
+{
+  if (gm_session_requests (c->session) != c->requests
+      || gm_session_reading_data (c->session) != c->reading_data)
+    conn_restart_deadline (c, now);     /* a whole command, or data started or ended */
+  else if (c->reading_data)
+    {
+      gint64 limit = now + (gint64) gm_config.data_timeout * G_USEC_PER_SEC;
+      if (gm_config.min_data_rate == 0)
+        c->deadline = limit;
+      else
+        c->deadline = MIN (limit, c->deadline
+                           + (gint64) (n * (guint64) G_USEC_PER_SEC / gm_config.min_data_rate));
+    }
+  /* Otherwise part of a command line: the clock runs on. */
 }
 
 typedef struct
@@ -296,6 +393,7 @@ spool_done (gpointer data)
   g_free (job->state_dir);
   g_free (job);
   c->last_activity = g_get_monotonic_time ();
+  conn_restart_deadline (c, c->last_activity);
   conn_act (c, action);
 }
 
@@ -307,7 +405,9 @@ policy_done (gpointer data, const GmVerdict *v)
   c->busy = FALSE;
   c->waiting_rules = FALSE;
   c->last_activity = g_get_monotonic_time ();
-  conn_act (c, gm_session_policy_done (c->session, v));
+  GmSessionAction action = gm_session_policy_done (c->session, v);
+  conn_restart_deadline (c, c->last_activity);
+  conn_act (c, action);
 }
 
 static void
@@ -345,10 +445,29 @@ conn_act (Conn *c, GmSessionAction action)
   conn_settle (c);
 }
 
+/* The peer reset the connection (or hung up) while its message is being
+ * spooled or its rules wait. poll() reports that whatever events are asked
+ * for, so the descriptor leaves the poll set instead of waking the loop
+ * again and again; the work in progress finishes, then the connection is
+ * closed (its reply cannot be sent). */
+static void
+conn_peer_gone (Conn *c)
+{
+  c->closing = TRUE;
+  g_source_remove_unix_fd (c->source, c->fd_tag);
+  c->fd_tag = NULL;
+  c->watching = 0;
+}
+
 static void
 on_conn_io (Conn *c, GIOCondition cond)
 {
   static char buf[64 * 1024];
+  if ((cond & (G_IO_HUP | G_IO_ERR)) && c->busy)
+    {
+      conn_peer_gone (c);
+      return;
+    }
   if ((cond & G_IO_IN) && !c->busy && !c->closing)
     {
       ssize_t n = recv (c->fd, buf, sizeof buf, 0);
@@ -360,9 +479,20 @@ on_conn_io (Conn *c, GIOCondition cond)
       if (n > 0)
         {
           c->last_activity = g_get_monotonic_time ();
-          conn_act (c, gm_session_feed (c->session, buf, n));
+          GmSessionAction action = gm_session_feed (c->session, buf, n);
+          conn_advance_deadline (c, c->last_activity, n);
+          conn_act (c, action);
           return;
         }
+    }
+  if ((cond & G_IO_OUT) && !c->busy && !c->closing && gm_session_stalled (c->session)
+      && conn_flush (c) && gm_session_output (c->session)->len < MAX_PENDING_OUTPUT)
+    {
+      /* The replies drained: read the commands still buffered. */
+      GmSessionAction action = gm_session_feed (c->session, NULL, 0);
+      conn_advance_deadline (c, g_get_monotonic_time (), 0);
+      conn_act (c, action);
+      return;
     }
   if (cond & (G_IO_OUT | G_IO_HUP | G_IO_ERR))
     conn_settle (c);
@@ -391,7 +521,9 @@ on_accept (gint lfd, GIOCondition cond, gpointer data)
       int fd = accept4 (lfd, (struct sockaddr *) &peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0)
         {
-          if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+          if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+            pause_accepting (errno);
+          else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
             gm_log (NULL, "accept: %s", g_strerror (errno));
           break;
         }
@@ -418,6 +550,7 @@ on_accept (gint lfd, GIOCondition cond, gpointer data)
       c->connected = c->last_activity = g_get_monotonic_time ();
       GmConnInfo info = { client, client_port, local_text, local_port };
       c->session = gm_session_new (&info);
+      conn_restart_deadline (c, c->connected);
       c->source = g_source_new (&conn_source_funcs, sizeof (ConnSource));
       ((ConnSource *) c->source)->conn = c;
       c->fd_tag = g_source_add_unix_fd (c->source, fd, 0);
@@ -459,13 +592,14 @@ on_tick (gpointer data)
             conn_close (c);
           continue;
         }
-      guint timeout = gm_session_reading_data (c->session) ? gm_config.data_timeout
-        : gm_config.command_timeout;
       if (shutting_down && (!gm_session_in_transaction (c->session) || now >= shutdown_deadline))
         conn_abort (c, GM_REPLY_SHUTDOWN);
-      else if (now - c->last_activity > (gint64) timeout * G_USEC_PER_SEC)
+      else if (now >= c->deadline)
         {
-          gm_log (NULL, "timeout after %us from [%s]:%u", timeout, c->client, c->client_port);
+          gboolean in_data = gm_session_reading_data (c->session);
+          gm_log (NULL, "timeout after %us from [%s]:%u while reading %s",
+                  in_data ? gm_config.data_timeout : gm_config.command_timeout, c->client,
+                  c->client_port, in_data ? "message data" : "a command");
           conn_abort (c, GM_REPLY_TIMEOUT);
         }
     }

@@ -28,6 +28,12 @@ static const GmSetting settings[] = {
   { "max-message-size", GM_SETTING_BYTES, OFF (max_message_size), "10240000", 1024,
     G_GUINT64_CONSTANT (4294967295), NULL,
     "Largest message accepted, in bytes, as received (before the Received: header)." },
+  { "max-header-size", GM_SETTING_BYTES, OFF (max_header_size), "1048576", 1024,
+    G_GUINT64_CONSTANT (4294967295), NULL,
+    "Largest header section accepted, in bytes as received (CRLF included): the lines from the "
+    "start of the message to the empty line, or to the first line that is not a header field. "
+    "A larger one (a single long header line included) gets 552 5.3.4 once the message has "
+    "been read." },
   { "max-recipients", GM_SETTING_COUNT, OFF (max_recipients), "1000", 1, 100000, NULL,
     "Recipients accepted per message; more get 452 4.5.3 (RFC 5321 §4.5.3.1.8 asks for at least 100)." },
   { "max-connections", GM_SETTING_COUNT, OFF (max_connections), "2000", 1, 1000000, NULL,
@@ -36,9 +42,18 @@ static const GmSetting settings[] = {
     1000000, NULL,
     "Simultaneous connections from one client address; the next one gets 421 4.7.0." },
   { "command-timeout", GM_SETTING_SECONDS, OFF (command_timeout), "300", 1, 86400, NULL,
-    "Seconds to wait for the next command (RFC 5321 §4.5.3.2.7: at least 5 minutes)." },
+    "Seconds a client has to send each whole command line, counted from the end of the previous "
+    "one (RFC 5321 §4.5.3.2.7: at least 5 minutes); bytes that do not complete the line do not "
+    "restart it." },
   { "data-timeout", GM_SETTING_SECONDS, OFF (data_timeout), "300", 1, 86400, NULL,
-    "Seconds to wait for the next piece of message data during DATA or BDAT." },
+    "Seconds to wait for message data during DATA or BDAT. The time left shrinks while the "
+    "client sends nothing and grows with what it sends (see min-data-rate), never beyond "
+    "data-timeout." },
+  { "min-data-rate", GM_SETTING_COUNT, OFF (min_data_rate), "500", 0, 1000000000, NULL,
+    "Bytes per second a client must keep up while it sends message data: every read of N bytes "
+    "gives data-timeout N / min-data-rate seconds more (Postfix's smtpd_min_data_rate), so one "
+    "trickling a byte at a time is disconnected after data-timeout. 0: every read restarts "
+    "data-timeout." },
   { "max-errors", GM_SETTING_COUNT, OFF (max_errors), "20", 1, 1000, NULL,
     "Error replies a client may cause before it is disconnected with 421 4.7.0." },
   { "max-command-length", GM_SETTING_BYTES, OFF (max_command_length), "2048", 512, 65536, NULL,

@@ -32,11 +32,13 @@ typedef struct
   char **listen;                /* NULL-terminated list of "HOST:PORT" / "[V6]:PORT" */
   char *state_dir;
   guint64 max_message_size;     /* bytes */
+  guint max_header_size;        /* bytes */
   guint max_recipients;
   guint max_connections;
   guint max_connections_per_client;
   guint command_timeout;        /* seconds */
   guint data_timeout;           /* seconds */
+  guint min_data_rate;          /* bytes per second, 0: none */
   guint max_errors;
   guint max_command_length;     /* bytes, CRLF included */
   guint bare_line_endings;      /* GmBareLineEndings */

@@ -37,6 +37,7 @@ static const ReplyRow replies[GM_REPLY_N_KINDS] = {
   [GM_REPLY_NON_ASCII_ADDRESS] = { 553, "5.6.7", "Non-ASCII address requires SMTPUTF8" },
   [GM_REPLY_BAD_PARAMETER] = { 555, "5.5.4", "Unsupported parameter" },
   [GM_REPLY_TOO_BIG] = { 552, "5.3.4", "Message size exceeds fixed limit" },
+  [GM_REPLY_HEADER_TOO_BIG] = { 552, "5.3.4", "Message header size exceeds fixed limit" },
   [GM_REPLY_TOO_MANY_RECIPIENTS] = { 452, "4.5.3", "Error: too many recipients" },
   [GM_REPLY_RELAY_DENIED] = { 554, "5.7.1", "Relay access denied" },
   [GM_REPLY_NO_SUCH_MAILBOX] = { 550, "5.1.1", "Recipient address rejected" },
@@ -48,6 +49,7 @@ static const ReplyRow replies[GM_REPLY_N_KINDS] = {
   [GM_REPLY_TIMEOUT] = { 421, "4.4.2", "Error: timeout exceeded" },
   [GM_REPLY_SHUTDOWN] = { 421, "4.3.2", "Service shutting down" },
   [GM_REPLY_TOO_MANY_CONNECTIONS] = { 421, "4.7.0", "Error: too many connections" },
+  [GM_REPLY_SYNCHRONIZATION] = { 421, "4.5.0", "Error: SMTP protocol synchronization" },
 };
 
 guint

@@ -26,6 +26,7 @@ typedef enum
   GM_REPLY_NON_ASCII_ADDRESS,   /* 553 5.6.7 */
   GM_REPLY_BAD_PARAMETER,       /* 555 5.5.4 */
   GM_REPLY_TOO_BIG,             /* 552 5.3.4 */
+  GM_REPLY_HEADER_TOO_BIG,      /* 552 5.3.4 */
   GM_REPLY_TOO_MANY_RECIPIENTS, /* 452 4.5.3 */
   GM_REPLY_RELAY_DENIED,        /* 554 5.7.1 */
   GM_REPLY_NO_SUCH_MAILBOX,     /* 550 5.1.1 */
@@ -37,6 +38,7 @@ typedef enum
   GM_REPLY_TIMEOUT,             /* 421 4.4.2 */
   GM_REPLY_SHUTDOWN,            /* 421 4.3.2 */
   GM_REPLY_TOO_MANY_CONNECTIONS,/* 421 4.7.0 */
+  GM_REPLY_SYNCHRONIZATION,     /* 421 4.5.0 */
   GM_REPLY_N_KINDS
 } GmReplyKind;
 

@@ -46,11 +46,13 @@ struct GmSession
   GString *out;
   InputMode mode;
   gboolean discarding_line;     /* an over-long command line is being skipped */
+  gboolean stalled;             /* commands wait until the output drains */
 
   char *helo;
   gboolean esmtp;
   guint errors;
   guint counts[N_COMMANDS];
+  guint64 requests;             /* command lines read, whole, good or bad */
 
   /* The transaction: env != NULL once MAIL was accepted. */
   GmEnvelope *env;
@@ -135,6 +137,12 @@ gm_session_output (GmSession *s)
   return s->out;
 }
 
+gboolean
+gm_session_stalled (GmSession *s)
+{
+  return s->stalled && s->mode == IN_COMMAND && s->in->len > 0;
+}
+
 const GmConnInfo *
 gm_session_conn (GmSession *s)
 {
@@ -188,18 +196,29 @@ gm_session_in_transaction (GmSession *s)
   return s->env != NULL;
 }
 
+guint64
+gm_session_requests (GmSession *s)
+{
+  return s->requests;
+}
+
 /* ---- Replies ---------------------------------------------------------- */
 
 /* Every reply goes through here: counts client errors and ends the session
  * when there are too many. */
 static void replied (GmSession *s, gsize start, guint code, gboolean client_error);
 
+/* A 452 4.5.3 (too many recipients) is no error of the client's: RFC 5321
+ * §4.5.3.1.10 makes it the normal way to say "send the rest in another
+ * transaction", and a client that pipelined more RCPTs than max-recipients
+ * must not lose the accepted ones to the error limit (Postfix's
+ * smtpd_recipient_overshoot_limit exists for the same reason). */
 static void
 reply (GmSession *s, GmReplyKind kind, const char *text)
 {
   gsize start = s->out->len;
   guint code = gm_reply (s->out, kind, text);
-  replied (s, start, code, code >= 500 || kind == GM_REPLY_TOO_MANY_RECIPIENTS);
+  replied (s, start, code, code >= 500);
 }
 
 /* A reply decided by a policy rule. Its rejections count as errors too. */
@@ -362,6 +381,40 @@ build_received (GmSession *s)
 
 static GmSessionAction proceed_data (GmSession *s);
 
+/* Whether the header section of BODY (LF line ends) is over max-header-size,
+ * counted as received (CRLF line ends), like max-message-size. The section
+ * is the lines from the start up to the empty line, or up to the first line
+ * that is neither a header field ("name:") nor a continuation (starts with a
+ * space or a tab), as Postfix's cleanup reads it. The scan stops at the
+ * limit. */
+static gboolean
+header_section_too_big (const GString *body)
+{
+  gsize limit = gm_config.max_header_size, pos = 0, received = 0;
+  while (pos < body->len)
+    {
+      const char *line = body->str + pos;
+      gsize rest = body->len - pos;
+      const char *lf = memchr (line, '\n', rest);
+      gsize len = lf ? (gsize) (lf - line) : rest;
+      if (len == 0)
+        break;                  /* the empty line: the body follows */
+      if (line[0] != ' ' && line[0] != '\t')
+        {
+          gsize n = 0;
+          while (n < len && line[n] > ' ' && line[n] < 127 && line[n] != ':')
+            n++;
+          if (n == 0 || n == len || line[n] != ':')
+            break;              /* not a header field: the body starts here */
+        }
+      pos += len + (lf ? 1 : 0);
+      received += len + 2;
+      if (received > limit)
+        return TRUE;
+    }
+  return FALSE;
+}
+
 /* The message is complete: answer an error or hand it to the spool. */
 static GmSessionAction
 finish_message (GmSession *s)
@@ -376,6 +429,12 @@ finish_message (GmSession *s)
   if (s->bare_seen && gm_config.bare_line_endings == GM_BARE_REJECT)
     {
       reply (s, GM_REPLY_BARE_LINE_ENDING, NULL);
+      reset_transaction (s);
+      return GM_SESSION_WANT_INPUT;
+    }
+  if (header_section_too_big (s->body))
+    {
+      reply (s, GM_REPLY_HEADER_TOO_BIG, NULL);
       reset_transaction (s);
       return GM_SESSION_WANT_INPUT;
     }
@@ -704,21 +763,50 @@ check_ready_for_data (GmSession *s)
   return TRUE;
 }
 
+/* After a refused DATA: RFC 2920 §3.1 has the client wait for the 354 before
+ * it sends the message, so bytes already buffered behind the DATA line are a
+ * message sent too early. Read as commands, its lines would run as commands
+ * (a message quoting "RCPT TO:" and "DATA" lines would start a transaction
+ * of its own). They are dropped and the connection closed, as Postfix does
+ * with smtpd_forbid_unauth_pipelining. Text that arrives in a later read
+ * cannot be told from commands, and is read as commands. */
 static void
-cmd_data (GmSession *s, char *arg)
+refuse_early_message_text (GmSession *s)
+{
+  if (s->mode == IN_CLOSED || s->in_pos >= s->in->len)
+    return;
+  gm_log (NULL, "improper pipelining after DATA from [%s]:%u: %" G_GSIZE_FORMAT
+          " byte(s) sent before the reply, dropped", s->conn.client_address, s->conn.client_port,
+          s->in->len - s->in_pos);
+  s->in_pos = s->in->len;
+  replyf (s, GM_REPLY_SYNCHRONIZATION, "%s Error: SMTP protocol synchronization",
+          gm_config.hostname);
+}
+
+static gboolean
+check_data (GmSession *s, const char *arg)
 {
   if (*arg)
     {
       reply (s, GM_REPLY_SYNTAX, "Syntax: DATA");
-      return;
+      return FALSE;
     }
   if (s->bdat_used || s->chunk_error >= 0)
     {
       reply (s, GM_REPLY_BAD_SEQUENCE, "Error: DATA after BDAT");
+      return FALSE;
+    }
+  return check_ready_for_data (s);
+}
+
+static void
+cmd_data (GmSession *s, char *arg)
+{
+  if (!check_data (s, arg))
+    {
+      refuse_early_message_text (s);
       return;
     }
-  if (!check_ready_for_data (s))
-    return;
   reply (s, GM_REPLY_START_DATA, NULL);
   s->mode = IN_DATA;
   s->line_start = TRUE;
@@ -752,8 +840,8 @@ cmd_bdat (GmSession *s, char *arg)
   else if (!s->env || s->env->rcpts->len == 0)
     s->chunk_error = !s->env ? GM_REPLY_BAD_SEQUENCE
       : s->rcpt_refused ? GM_REPLY_NO_VALID_RECIPIENTS : GM_REPLY_BAD_SEQUENCE;
-  else if (s->size + size > gm_config.max_message_size)
-    s->chunk_error = GM_REPLY_TOO_BIG;
+  else if (size > gm_config.max_message_size - MIN (s->size, gm_config.max_message_size))
+    s->chunk_error = GM_REPLY_TOO_BIG;  /* not s->size + size: a 20-digit size wraps around */
   if (s->env)
     s->bdat_used = TRUE;        /* RFC 3030 §3: no DATA in this transaction any more */
 }
@@ -938,6 +1026,11 @@ process_commands (GmSession *s)
 {
   while (s->mode == IN_COMMAND && s->in_pos < s->in->len)
     {
+      if (s->out->len >= GM_SESSION_OUTPUT_LIMIT)
+        {
+          s->stalled = TRUE;    /* the replies must drain first */
+          return;
+        }
       char *p = s->in->str + s->in_pos;
       gsize avail = s->in->len - s->in_pos;
       char *lf = memchr (p, '\n', avail);
@@ -952,6 +1045,7 @@ process_commands (GmSession *s)
         }
       gsize len = lf - p;
       s->in_pos += len + 1;
+      s->requests++;
       if (s->discarding_line)
         {
           s->discarding_line = FALSE;
@@ -1136,6 +1230,7 @@ static GmSessionAction
 process (GmSession *s)
 {
   GmSessionAction action = GM_SESSION_WANT_INPUT;
+  s->stalled = FALSE;
   for (;;)
     {
       gsize before = s->in_pos;

@@ -51,6 +51,17 @@ GmSessionAction gm_session_feed (GmSession *s, const char *data, gsize len);
 /* Replies waiting to be sent; the caller removes what it has written. */
 GString *gm_session_output (GmSession *s);
 
+/* The session reads no more commands while this many bytes of replies wait
+ * to be sent: a client that pipelines commands with long replies (EHLO,
+ * HELP) and never reads them cannot make it hold more than about this much
+ * (RFC 2920 §3.1 expects the server to stop reading, not to buffer). */
+#define GM_SESSION_OUTPUT_LIMIT (64 * 1024)
+
+/* TRUE when input waits that the session stopped reading because of
+ * GM_SESSION_OUTPUT_LIMIT: once the output has drained, call
+ * gm_session_feed (s, NULL, 0) to go on. */
+gboolean gm_session_stalled (GmSession *s);
+
 /* The message to spool, after GM_SESSION_SPOOL (or to show to the data
  * rules, after GM_SESSION_POLICY for the data stage). The envelope has its queue
  * id; HEADER is the Received: line(s); BODY the message with LF line ends.
@@ -83,6 +94,9 @@ gboolean gm_session_set_mailbox (GmSession *s, const char *address, GmTransport 
 /* Facts for the I/O layer. */
 gboolean gm_session_reading_data (GmSession *s);   /* DATA or BDAT content: data-timeout applies */
 gboolean gm_session_in_transaction (GmSession *s); /* MAIL given and not finished */
+/* Command lines read so far, whole (the I/O layer's command-timeout restarts
+ * only when this grows, not with every byte). */
+guint64 gm_session_requests (GmSession *s);
 
 /* "ehlo=1 mail=1 rcpt=2 data=1 quit=1 commands=6", for the disconnect log line. */
 char *gm_session_summary (GmSession *s);

@@ -234,6 +234,10 @@ main (int argc, char **argv)
         }
       print_escaped (">>> ", bytes->str, bytes->len, NULL);
       action = handle (s, gm_session_feed (s, bytes->str, bytes->len));
+      /* The output is printed and emptied: go on with what the session
+       * left for it to drain (GM_SESSION_OUTPUT_LIMIT). */
+      while (action == GM_SESSION_WANT_INPUT && gm_session_stalled (s))
+        action = handle (s, gm_session_feed (s, NULL, 0));
       g_string_free (bytes, TRUE);
     }
   fclose (f);
