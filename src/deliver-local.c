@@ -10,7 +10,10 @@
  * ^>*From  gets one more '>', a blank line after each message. The file is
  * locked with a FILE.lock dot-lock (which also keeps our own threads apart:
  * fcntl locks do not) and an fcntl write lock, and truncated back to its size
- * on any failure. */
+ * on any failure. A dot-lock whose process is gone is stale at once. With a
+ * journal, the offset where an append starts is recorded durably before the
+ * first byte is written, so that the attempt after a crash finds its complete
+ * entry there (done, no duplicate) or a partial one (cut off, appended again). */
 #include "config.h"
 #include "deliver-local.h"
 #include "dirsync.h"
@@ -20,6 +23,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -220,6 +224,9 @@ gm_deliver_maildir (const char *dir, const GmDeliveryInfo *info, const char *mes
   if (lstat (new_path, &st) == 0)
     {
       gm_debug (info->queue_id, "to=<%s>, maildir=%s, status=already in new/", info->recipient, dir);
+      /* A link-and-unlink rename (no RENAME_NOREPLACE) cut between the two
+       * leaves the tmp/ name behind. */
+      unlink (tmp_path);
       /* It may be there only because an earlier fsync of new/ failed. */
       int e = gm_fsync_directory (new_dir);
       return e ? fail_errno (detail, e, "maildir", new_dir) : GM_DELIVERY_OK;
@@ -233,6 +240,7 @@ gm_deliver_maildir (const char *dir, const GmDeliveryInfo *info, const char *mes
   if (found)
     {
       gm_debug (info->queue_id, "to=<%s>, maildir=%s, status=already in cur/", info->recipient, dir);
+      unlink (tmp_path);
       return GM_DELIVERY_OK;
     }
 
@@ -320,20 +328,122 @@ format_mbox_entry (const GmDeliveryInfo *info, const char *message, gsize len)
   return entry;
 }
 
-/* Returns TRUE when LOCK_PATH was stale and is gone (or vanished by itself). */
+/* Dot-locks this process holds (paths), so that a lock naming our own pid can
+ * be told from one left by an earlier process that had the same pid (after a
+ * crash, a restarted server often gets its old pid back in a container). The
+ * mutex also makes creating a lock and writing its pid one step for our
+ * threads. */
+G_LOCK_DEFINE_STATIC (held_dotlocks);
+static GHashTable *held_dotlocks;
+
+/* Is the process that wrote the dot-lock CONTENT ("PID:HOST" as we write it,
+ * or "PID" as liblockfile does) known to be gone? Only a pid of this host can
+ * be checked; the caller holds held_dotlocks. */
+static gboolean
+lock_owner_is_gone (const char *lock_path, const char *content)
+{
+  char *end;
+  guint64 pid = g_ascii_strtoull (content, &end, 10);
+  if (end == content || pid == 0 || pid > G_MAXINT)
+    return FALSE;
+  if (*end == ':')
+    {
+      const char *host = end + 1;
+      gsize host_len = strcspn (host, "\n");
+      const char *ours = g_get_host_name ();
+      if (strlen (ours) != host_len || strncmp (host, ours, host_len) != 0)
+        return FALSE;
+    }
+  else if (*end != '\n' && *end != '\0')
+    return FALSE;
+  if ((pid_t) pid == getpid ())
+    return !(held_dotlocks && g_hash_table_contains (held_dotlocks, lock_path));
+  return kill ((pid_t) pid, 0) < 0 && errno == ESRCH;
+}
+
+/* Returns TRUE when LOCK_PATH was stale and is gone (or vanished by itself):
+ * its process is gone, or it is older than STALE_DOTLOCK_SECONDS (a lock of
+ * another host, or one whose pid cannot be read). */
 static gboolean
 remove_if_stale (const char *lock_path)
 {
-  struct stat st;
-  if (lstat (lock_path, &st) < 0)
+  int fd = open (lock_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0)
     return errno == ENOENT;
-  if ((gint64) time (NULL) - (gint64) st.st_mtime < STALE_DOTLOCK_SECONDS)
+  struct stat st;
+  char content[256] = "";
+  gboolean read_ok = fstat (fd, &st) == 0;
+  if (read_ok)
+    {
+      ssize_t n = read (fd, content, sizeof content - 1);
+      content[n > 0 ? n : 0] = '\0';
+    }
+  close (fd);
+  if (!read_ok)
     return FALSE;
-  if (unlink (lock_path) < 0 && errno != ENOENT)
+  const char *reason = NULL;
+  G_LOCK (held_dotlocks);
+  if (lock_owner_is_gone (lock_path, content))
+    reason = "its process is gone";
+  else if ((gint64) time (NULL) - (gint64) st.st_mtime >= STALE_DOTLOCK_SECONDS)
+    reason = "older than the stale limit";
+  /* Still the file we judged, not a fresh lock that replaced it? */
+  struct stat now;
+  gboolean removed = FALSE;
+  if (reason && lstat (lock_path, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino)
+    removed = unlink (lock_path) == 0 || errno == ENOENT;
+  G_UNLOCK (held_dotlocks);
+  if (!removed)
     return FALSE;
-  gm_log (NULL, "mbox-lock=%s, status=removed, reason=older than %d seconds", lock_path,
-          STALE_DOTLOCK_SECONDS);
+  g_autofree char *shown = g_strescape (g_strchomp (content), NULL);
+  gm_log (NULL, "mbox-lock=%s, status=removed, owner=%s, reason=%s (%d seconds)", lock_path, shown,
+          reason, (int) ((gint64) time (NULL) - (gint64) st.st_mtime));
   return TRUE;
+}
+
+/* Create LOCK_PATH holding OWNER, failing with EEXIST when it exists.
+ * Returns 0 or an errno value. The lock is made whole in an unnamed file
+ * (O_TMPFILE) and linked into place, so that a crash never leaves an empty
+ * lock, which only its age could show to be stale; where the file system
+ * cannot do that, it is created and then written. */
+static int
+create_dotlock (const char *lock_path, const char *owner)
+{
+#ifdef O_TMPFILE
+  g_autofree char *dir = g_path_get_dirname (lock_path);
+  int fd = open (dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd >= 0)
+    {
+      struct iovec iov = { (void *) owner, strlen (owner) };
+      int r = gm_write_all (fd, &iov, 1) ? 0 : -1;
+      if (r == 0)
+        {
+          /* AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc does not. */
+          r = linkat (fd, "", AT_FDCWD, lock_path, AT_EMPTY_PATH);
+          if (r < 0 && errno != EEXIST)
+            {
+              char proc[64];
+              g_snprintf (proc, sizeof proc, "/proc/self/fd/%d", fd);
+              r = linkat (AT_FDCWD, proc, AT_FDCWD, lock_path, AT_SYMLINK_FOLLOW);
+            }
+        }
+      int e = errno;
+      close (fd);
+      if (r == 0)
+        return 0;
+      if (e == EEXIST)
+        return EEXIST;
+      /* Anything else: try the plain way, which reports real errors. */
+    }
+#endif
+  int lock_fd = open (lock_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (lock_fd < 0)
+    return errno;
+  /* Lost content only means the lock is judged by its age. */
+  ssize_t ignored = write (lock_fd, owner, strlen (owner));
+  (void) ignored;
+  close (lock_fd);
+  return 0;
 }
 
 /* Create LOCK_PATH exclusively, waiting until DEADLINE (monotonic time).
@@ -341,27 +451,39 @@ remove_if_stale (const char *lock_path)
 static int
 dotlock_acquire (const char *lock_path, gint64 deadline)
 {
+  g_autofree char *owner = g_strdup_printf ("%d:%s\n", (int) getpid (), g_get_host_name ());
   for (;;)
     {
-      int fd = open (lock_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-      if (fd >= 0)
+      G_LOCK (held_dotlocks);
+      int e = create_dotlock (lock_path, owner);
+      if (e == 0)
         {
-          char pid[32];
-          int n = g_snprintf (pid, sizeof pid, "%d\n", (int) getpid ());
-          /* The content is only a hint for people: its loss is harmless. */
-          ssize_t ignored = write (fd, pid, n);
-          (void) ignored;
-          close (fd);
-          return 0;
+          if (!held_dotlocks)
+            held_dotlocks = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+          g_hash_table_add (held_dotlocks, g_strdup (lock_path));
         }
-      if (errno != EEXIST)
-        return errno;
+      G_UNLOCK (held_dotlocks);
+      if (e == 0)
+        return 0;
+      if (e != EEXIST)
+        return e;
       if (remove_if_stale (lock_path))
         continue;
       if (g_get_monotonic_time () >= deadline)
         return ETIMEDOUT;
       g_usleep (LOCK_POLL_USEC);
     }
+}
+
+/* Remove our dot-lock LOCK_PATH. */
+static void
+dotlock_release (const char *lock_path)
+{
+  G_LOCK (held_dotlocks);
+  if (unlink (lock_path) < 0)
+    gm_log (NULL, "mbox-lock=%s, status=not removed, reason=%s", lock_path, g_strerror (errno));
+  g_hash_table_remove (held_dotlocks, lock_path);
+  G_UNLOCK (held_dotlocks);
 }
 
 /* An fcntl write lock on the whole file, waiting until DEADLINE. F_SETLK is
@@ -384,12 +506,13 @@ fcntl_lock (int fd, gint64 deadline)
   return 0;
 }
 
-/* Open FILE for appending, creating it when missing; *CREATED tells which.
- * O_NONBLOCK: opening a FIFO put in the mailbox's place must not hang. */
+/* Open FILE for appending (and reading back an interrupted append), creating
+ * it when missing; *CREATED tells which. O_NONBLOCK: opening a FIFO put in the
+ * mailbox's place must not hang. */
 static int
 open_mbox (const char *file, gboolean *created)
 {
-  const int flags = O_WRONLY | O_APPEND | O_NONBLOCK | O_CLOEXEC;
+  const int flags = O_RDWR | O_APPEND | O_NONBLOCK | O_CLOEXEC;
   for (int attempt = 0; attempt < 3; attempt++)
     {
       *created = FALSE;
@@ -406,9 +529,61 @@ open_mbox (const char *file, gboolean *created)
   return -1;
 }
 
+typedef enum
+{
+  RESUME_NOTHING,               /* nothing of ours at the recorded offset: append */
+  RESUME_PARTIAL,               /* the file ends with part of our entry: cut it, append */
+  RESUME_DONE,                  /* our whole entry is there: delivered */
+  RESUME_DAMAGED,               /* part of our entry, then other mail: cannot be cut */
+} ResumeState;
+
+/* An earlier attempt recorded that it would append ENTRY (of the message
+ * QUEUE_ID) at byte START of the mbox open on FD, which now has SIZE bytes:
+ * what did it leave there? Reads at most ENTRY's length. Returns 0 or an
+ * errno value. */
+static int
+find_earlier_append (int fd, const GString *entry, const char *queue_id, gint64 start,
+                     gint64 size, ResumeState *state)
+{
+  *state = RESUME_NOTHING;
+  /* Other mail may begin like ours (same sender): only bytes up to the queue
+   * id in the Received: header tell that a prefix is ours. */
+  const char *id = queue_id ? strstr (entry->str, queue_id) : NULL;
+  gint64 identified = id ? (gint64) (id - entry->str + strlen (queue_id)) : (gint64) entry->len;
+  if (start < 0 || start >= size)
+    return 0;
+  gint64 there = MIN ((gint64) entry->len, size - start);
+  g_autofree char *buf = g_malloc (MIN (there, 64 * 1024));
+  for (gint64 done = 0; done < there;)
+    {
+      gsize want = MIN (there - done, 64 * 1024);
+      ssize_t n = pread (fd, buf, want, start + done);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0)
+        return errno;
+      if (n == 0)
+        return EIO;             /* shrank under our lock: not ours to judge */
+      for (ssize_t i = 0; i < n; i++)
+        if (buf[i] != entry->str[done + i])
+          {
+            if (done + i >= identified)
+              *state = RESUME_DAMAGED;
+            return 0;
+          }
+      done += n;
+    }
+  if (there == (gint64) entry->len)
+    *state = RESUME_DONE;
+  else if (start + there == size)
+    *state = RESUME_PARTIAL;
+  return 0;
+}
+
 /* Append ENTRY to FILE; the caller holds the dot-lock. */
 static GmDeliveryResult
-append_locked (const char *file, const GString *entry, gint64 deadline, char **detail)
+append_locked (const char *file, const GmDeliveryInfo *info, const GString *entry,
+               gint64 deadline, char **detail)
 {
   gboolean created;
   int fd = open_mbox (file, &created);
@@ -437,6 +612,54 @@ append_locked (const char *file, const GString *entry, gint64 deadline, char **d
     }
 
   off_t original_size = st.st_size;
+  const GmMboxJournal *journal = info->journal;
+  if (journal && journal->previous >= 0)
+    {
+      /* An earlier attempt began appending at journal->previous and may have
+       * been cut short by a crash anywhere after that. */
+      ResumeState state;
+      e = find_earlier_append (fd, entry, info->queue_id, journal->previous, original_size,
+                               &state);
+      if (e)
+        {
+          close (fd);
+          return fail_errno (detail, e, "mbox", file);
+        }
+      if (state == RESUME_DONE)
+        {
+          gm_log (info->queue_id, "to=<%s>, mbox=%s, status=already appended, offset=%" G_GINT64_FORMAT,
+                  info->recipient, file, journal->previous);
+          /* It may be there only because the crash came before its fdatasync. */
+          e = fdatasync (fd) < 0 ? errno : 0;
+          close (fd);
+          return e ? fail_errno (detail, e, "mbox", file) : GM_DELIVERY_OK;
+        }
+      if (state == RESUME_PARTIAL)
+        {
+          if (ftruncate (fd, journal->previous) < 0 || fdatasync (fd) < 0)
+            {
+              e = errno;
+              close (fd);
+              return fail_errno (detail, e, "mbox", file);
+            }
+          gm_log (info->queue_id, "to=<%s>, mbox=%s, status=partial entry removed, offset=%"
+                  G_GINT64_FORMAT ", length=%" G_GINT64_FORMAT, info->recipient, file,
+                  journal->previous, (gint64) (original_size - journal->previous));
+          original_size = journal->previous;
+        }
+      if (state == RESUME_DAMAGED)
+        gm_log (info->queue_id, "to=<%s>, mbox=%s, status=damaged, reason=an interrupted delivery "
+                "left part of this message at byte %" G_GINT64_FORMAT " and other mail follows; "
+                "appending it whole", info->recipient, file, journal->previous);
+    }
+  /* Where this append starts, durably, before its first byte. */
+  if (journal && journal->record && original_size != journal->previous
+      && !journal->record (journal->data, original_size, detail))
+    {
+      close (fd);
+      return GM_DELIVERY_TEMPFAIL;
+    }
+
   struct iovec iov = { entry->str, entry->len };
   if (!gm_write_all (fd, &iov, 1) || fdatasync (fd) < 0)
     e = errno;
@@ -480,8 +703,7 @@ gm_deliver_mbox (const char *file, const GmDeliveryInfo *info, const char *messa
   if (e)
     return e == ETIMEDOUT ? fail_locked (detail, "mbox", lock_path)
                           : fail_errno (detail, e, "mbox", lock_path);
-  GmDeliveryResult result = append_locked (file, entry, deadline, detail);
-  if (unlink (lock_path) < 0)
-    gm_log (NULL, "mbox-lock=%s, status=not removed, reason=%s", lock_path, g_strerror (errno));
+  GmDeliveryResult result = append_locked (file, info, entry, deadline, detail);
+  dotlock_release (lock_path);
   return result;
 }

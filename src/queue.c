@@ -49,6 +49,24 @@ transport_name (GmTransport t)
   return t == GM_TRANSPORT_MAILDIR ? "maildir" : t == GM_TRANSPORT_MBOX ? "mbox" : "none";
 }
 
+typedef struct
+{
+  GmQueueFile *qf;
+  guint index;
+} AppendJournal;
+
+/* GmMboxJournal's record: the offset goes into the recipient's O record. */
+static gboolean
+record_append (gpointer data, gint64 offset, char **detail)
+{
+  AppendJournal *j = data;
+  g_autoptr (GError) error = NULL;
+  if (gm_queue_file_note_append (j->qf, j->index, offset, &error))
+    return TRUE;
+  *detail = g_strdup (error->message);
+  return FALSE;
+}
+
 /* Worker thread: deliver every pending recipient of one queue file. */
 static void
 deliver_work (gpointer data)
@@ -83,8 +101,10 @@ deliver_work (gpointer data)
       GmSpoolRcpt *r = g_ptr_array_index (env->rcpts, i);
       if (r->status != GM_RCPT_PENDING)
         continue;
+      AppendJournal journal_data = { qf, i };
+      GmMboxJournal journal = { r->append_start, record_append, &journal_data };
       GmDeliveryInfo info = { env->id, i, env->arrival, env->sender, r->address,
-                              d->hostname };
+                              d->hostname, r->append_offset ? &journal : NULL };
       g_autofree char *detail = NULL;
       GmDeliveryResult result;
       if (r->transport == GM_TRANSPORT_MAILDIR)
@@ -122,9 +142,11 @@ deliver_work (gpointer data)
           d->pending++;
           continue;
         }
-      /* mbox appends are not idempotent: make the mark durable before the
-       * next step. Maildir names are, so their marks may wait. */
-      if (r->transport == GM_TRANSPORT_MBOX && !gm_queue_file_sync (qf, &mark_error))
+      /* An mbox append without a journal (a queue file older than O
+       * records) is not idempotent: make the mark durable before the next
+       * step. Maildir names and journaled appends are, so their marks may wait. */
+      if (r->transport == GM_TRANSPORT_MBOX && !r->append_offset
+          && !gm_queue_file_sync (qf, &mark_error))
         gm_log (env->id, "cannot sync queue file: %s", mark_error->message);
       else
         must_sync = TRUE;

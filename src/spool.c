@@ -21,6 +21,7 @@
 #define QUEUE_MAGIC "GUILLEMOT-QUEUE 1"
 #define ID_DIGITS 14            /* microseconds since the epoch, upper-case hex */
 #define MAX_ID_LENGTH 64
+#define APPEND_DIGITS 16        /* the O record's value: an offset in hex, or dashes */
 /* Recovery reads this much of each file: enough for the records of any
  * ordinary message, and the message itself is not needed to validate it. */
 #define RECOVERY_PREFIX (64 * 1024)
@@ -91,6 +92,7 @@ gm_envelope_add_rcpt (GmEnvelope *env, const char *address, GmTransport transpor
   rcpt->transport = transport;
   rcpt->destination = g_strdup (destination);
   rcpt->status = GM_RCPT_PENDING;
+  rcpt->append_start = -1;
   g_ptr_array_add (env->rcpts, rcpt);
 }
 
@@ -291,7 +293,20 @@ append_record (GString *records, const char *tag, const char *value)
   g_string_append_c (records, '\n');
 }
 
-/* The records in front of the message; fills each recipient's status_offset. */
+/* The value of an O record: APPEND_DIGITS hex digits, or dashes for none. */
+static void
+format_append_start (GString *out, gint64 start)
+{
+  if (start < 0)
+    for (int i = 0; i < APPEND_DIGITS; i++)
+      g_string_append_c (out, '-');
+  else
+    g_string_append_printf (out, "%0" G_STRINGIFY (APPEND_DIGITS) G_GINT64_MODIFIER "X",
+                            (guint64) start);
+}
+
+/* The records in front of the message; fills each recipient's status_offset
+ * and append_offset. */
 static GString *
 format_records (GmEnvelope *env, gsize message_len)
 {
@@ -316,6 +331,15 @@ format_records (GmEnvelope *env, gsize message_len)
       g_string_append_c (records, ' ');
       g_string_append (records, rcpt->destination ? rcpt->destination : "");
       g_string_append_c (records, '\n');
+      if (rcpt->transport == GM_TRANSPORT_MBOX)
+        {
+          g_string_append (records, "O ");
+          rcpt->append_offset = records->len;
+          format_append_start (records, rcpt->append_start);
+          g_string_append_c (records, '\n');
+        }
+      else
+        rcpt->append_offset = 0;
     }
   g_string_append_printf (records, "M %" G_GSIZE_FORMAT "\n", message_len);
   return records;
@@ -606,6 +630,7 @@ parse_recipient (Cursor *c, GmEnvelope *env, GError **error)
   g_ptr_array_add (env->rcpts, rcpt);
   rcpt->status = c->line[1];
   rcpt->status_offset = c->line_start + 1;
+  rcpt->append_start = -1;
   rcpt->address = g_strndup (c->line + 3, c->line_len - 3);
 
   ParseResult r = next_line (c, error);
@@ -620,6 +645,34 @@ parse_recipient (Cursor *c, GmEnvelope *env, GError **error)
   rcpt->destination = g_strndup (space + 1, c->line + c->line_len - space - 1);
   if (!destination_is_valid (rcpt->transport, rcpt->destination))
     return corrupt (c, error, "the destination is not an absolute path");
+  return PARSE_OK;
+}
+
+/* The current line is "O VALUE", which must follow the T record of an mbox
+ * recipient. VALUE is rewritten in place before an append, and a crash can
+ * tear that write where it crosses a page: a mix of the old and the new
+ * characters. Nothing was appended yet then (see queue.c), so a value that is
+ * not all hex digits reads as "no append begun". */
+static ParseResult
+parse_append_start (Cursor *c, GmEnvelope *env, GError **error)
+{
+  GmSpoolRcpt *rcpt = env->rcpts->len ? rcpt_at (env, env->rcpts->len - 1) : NULL;
+  if (!rcpt || rcpt->transport != GM_TRANSPORT_MBOX || rcpt->append_offset != 0)
+    return corrupt (c, error, "an O record not after the T record of an mbox recipient");
+  const char *value = c->line + 2;
+  if (c->line_len != 2 + APPEND_DIGITS)
+    return corrupt (c, error, "the O record is not %d characters", APPEND_DIGITS);
+  gboolean hex = TRUE;
+  for (int i = 0; i < APPEND_DIGITS; i++)
+    {
+      gboolean digit = g_ascii_isxdigit (value[i]) && !g_ascii_islower (value[i]);
+      if (!digit && value[i] != '-')
+        return corrupt (c, error, "the O record holds other than hex digits and dashes");
+      hex = hex && digit;
+    }
+  /* A value past G_MAXINT64 is no offset either. */
+  rcpt->append_start = hex && value[0] < '8' ? (gint64) g_ascii_strtoull (value, NULL, 16) : -1;
+  rcpt->append_offset = c->line_start + 2;
   return PARSE_OK;
 }
 
@@ -654,10 +707,12 @@ parse_records (const char *data, gsize len, guint64 file_size, GmEnvelope **env_
       TRY (next_line (&c, error));
       if (c.line_len > 0 && c.line[0] == 'R')
         TRY (parse_recipient (&c, env, error));
+      else if (line_has_tag (&c, 'O'))
+        TRY (parse_append_start (&c, env, error));
       else if (line_has_tag (&c, 'M'))
         break;
       else
-        return corrupt (&c, error, "expected an R or the M record");
+        return corrupt (&c, error, "expected an R, an O or the M record");
     }
   if (!parse_decimal (c.line + 2, c.line_len - 2, G_MAXUINT64, &number))
     return corrupt (&c, error, "the M record is not a number");
@@ -820,6 +875,26 @@ gm_queue_file_mark (GmQueueFile *qf, guint index, GmRcptStatus status, GError **
   if (n != 1)
     return set_errno_error (error, n < 0 ? errno : EIO, "mark recipient in", qf->path);
   rcpt->status = status;
+  return TRUE;
+}
+
+gboolean
+gm_queue_file_note_append (GmQueueFile *qf, guint index, gint64 offset, GError **error)
+{
+  g_return_val_if_fail (qf != NULL && index < qf->env->rcpts->len && offset >= 0, FALSE);
+  GmSpoolRcpt *rcpt = rcpt_at (qf->env, index);
+  g_return_val_if_fail (rcpt->append_offset > 0, FALSE);
+  g_autoptr (GString) value = g_string_new (NULL);
+  format_append_start (value, offset);
+  ssize_t n;
+  do
+    n = pwrite (qf->fd, value->str, value->len, rcpt->append_offset);
+  while (n < 0 && errno == EINTR);
+  if (n != (ssize_t) value->len)
+    return set_errno_error (error, n < 0 ? errno : EIO, "record mbox offset in", qf->path);
+  if (fdatasync (qf->fd) < 0)
+    return set_errno_error (error, errno, "fsync", qf->path);
+  rcpt->append_start = offset;
   return TRUE;
 }
 
