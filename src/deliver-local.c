@@ -652,9 +652,10 @@ append_locked (const char *file, const GmDeliveryInfo *info, const GString *entr
                 "left part of this message at byte %" G_GINT64_FORMAT " and other mail follows; "
                 "appending it whole", info->recipient, file, journal->previous);
     }
-  /* Where this append starts, durably, before its first byte. */
-  if (journal && journal->record && original_size != journal->previous
-      && !journal->record (journal->data, original_size, detail))
+  /* Where this append starts, durably, before its first byte. Even when the
+   * same offset is there already: an earlier attempt may have written it and
+   * failed to sync it. */
+  if (journal && journal->record && !journal->record (journal->data, original_size, detail))
     {
       close (fd);
       return GM_DELIVERY_TEMPFAIL;

@@ -464,6 +464,51 @@ write_incoming (int fd, const char *path, gboolean recycled, GString *records,
   return TRUE;
 }
 
+/* Write a new queue file for ID in INCOMING_DIR (or a recycled one), durably;
+ * *PATH is where it is. On failure nothing is left. */
+static gboolean
+write_queue_file (const char *incoming_dir, const char *free_dir, const char *id,
+                  GString *records, const char *header, gsize header_len, const char *body,
+                  gsize body_len, char **path, gboolean *recycled, GError **error)
+{
+  g_clear_pointer (path, g_free);
+  int fd = open_incoming (incoming_dir, free_dir, id, path, recycled, error);
+  if (fd < 0)
+    return FALSE;
+  return write_incoming (fd, *path, *recycled, records, header, header_len, body, body_len, error);
+}
+
+/* Unlink every file of FREE_DIR kept for reuse; returns how many. */
+static guint
+drop_free_files (const char *free_dir)
+{
+  guint n = 0;
+  char *path;
+  while ((path = take_free_file (free_dir)))
+    {
+      if (unlink (path) == 0)
+        n++;
+      g_free (path);
+    }
+  return n;
+}
+
+/* Create quarantine/NAME (QUEUE_DIR) if missing, durably: the messages in
+ * it are acknowledged. */
+static gboolean
+make_quarantine_dir (const char *queue_dir, GError **error)
+{
+  if (g_file_test (queue_dir, G_FILE_TEST_IS_DIR))
+    return TRUE;
+  if (g_mkdir_with_parents (queue_dir, 0700) < 0)
+    return set_errno_error (error, errno, "create", queue_dir);
+  g_autofree char *parent = g_path_get_dirname (queue_dir);
+  int e = gm_fsync_directory (parent);
+  if (e)
+    return set_errno_error (error, e, "fsync", parent);
+  return TRUE;
+}
+
 gboolean
 gm_spool_write (const char *state_dir, GmEnvelope *env, const char *header, gsize header_len,
                 const char *body, gsize body_len, GError **error)
@@ -483,15 +528,32 @@ gm_spool_write (const char *state_dir, GmEnvelope *env, const char *header, gsiz
     : spool_path (state_dir, "queue", NULL);
   g_autofree char *queued = g_build_filename (queue_dir, env->id, NULL);
   g_autofree char *incoming = NULL;
-  gboolean recycled;
-  if (env->quarantine && g_mkdir_with_parents (queue_dir, 0700) < 0)
-    return set_errno_error (error, errno, "create", queue_dir);
+  if (env->quarantine && !make_quarantine_dir (queue_dir, error))
+    return FALSE;
 
-  int fd = open_incoming (incoming_dir, free_dir, env->id, &incoming, &recycled, error);
-  if (fd < 0)
-    return FALSE;
-  if (!write_incoming (fd, incoming, recycled, records, header, header_len, body, body_len, error))
-    return FALSE;
+  g_autoptr (GError) local = NULL;
+  gboolean recycled = FALSE;
+  if (!write_queue_file (incoming_dir, free_dir, env->id, records, header, header_len, body,
+                         body_len, &incoming, &recycled, &local))
+    {
+      /* Files kept for reuse take space that a full disk needs more: give
+       * them up (the one that failed is gone already) and try once more. */
+      guint dropped = 0;
+      if (g_error_matches (local, GM_SPOOL_ERROR, GM_SPOOL_ERROR_NO_SPACE)
+          && (dropped = drop_free_files (free_dir) + (recycled ? 1 : 0)) > 0)
+        {
+          gm_log (env->id, "spool=free, status=emptied, files=%u, reason=%s", dropped,
+                  local->message);
+          g_clear_error (&local);
+          write_queue_file (incoming_dir, free_dir, env->id, records, header, header_len, body,
+                            body_len, &incoming, &recycled, &local);
+        }
+      if (local)
+        {
+          g_propagate_error (error, g_steal_pointer (&local));
+          return FALSE;
+        }
+    }
   if (gm_rename_noreplace (incoming, queued) < 0)
     {
       int e = errno;
