@@ -2,7 +2,7 @@
 at whichever step fails, logs the cause and keeps nothing of the message; a full
 mailbox defers the delivery, which is retried and made once space is back.
 
-Faults come from tests/torture/enospc.so, an LD_PRELOAD library that makes
+Faults come from tests/torture/faults.so, an LD_PRELOAD library that makes
 write, fsync, rename, link, create or mkdir fail on chosen paths while a
 control file exists: it needs no privilege and hits each step exactly. Where
 mounting is allowed (root), a real 2 MB tmpfs shows the same on a file system
@@ -16,60 +16,16 @@ import re
 import subprocess
 import time
 
-from harness import (HOSTNAME, MBOX_CONFIG, TOP_BUILDDIR, TOP_SRCDIR, Server, add_cleanup,
-                     as_stored, assert_equal, assert_in, check_delivered, make_tempdir,
-                     queue_id, read_file, run, skip, stuff, test, wait_for)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "torture"))
+
+from harness import (MBOX_CONFIG, Server, add_cleanup, assert_equal, assert_in,  # noqa: E402
+                     check_delivered, queue_id, read_file, run, skip, stuff, test, wait_for)
+from faultlib import Faults                                                       # noqa: E402
 
 HELO = "client.example.test"
 SENDER = "sender@origin.test"
 NO_SPACE = "452 4.3.1 Insufficient system storage"
 IO_ERROR = "451 4.3.0 Error: queue file write error"
-
-
-def shim_path():
-    """The fault-injection library: built by make check, else compiled here."""
-    built = os.path.join(TOP_BUILDDIR, "tests", "torture", "enospc.so")
-    if os.path.exists(built):
-        return built
-    out = os.path.join(make_tempdir(), "enospc.so")
-    src = os.path.join(TOP_SRCDIR, "tests", "torture", "enospc.c")
-    cc = os.environ.get("CC", "cc")
-    p = subprocess.run([cc, "-shared", "-fPIC", "-o", out, src, "-ldl", "-lpthread"],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        raise AssertionError("cannot build %s (run make check, which builds it):\n%s"
-                             % (src, p.stderr))
-    return out
-
-
-class Faults:
-    """The control file of enospc.so: set() makes calls fail, clear() stops it."""
-
-    def __init__(self):
-        self.path = os.path.join(make_tempdir("guillemot-faults-"), "faults")
-
-    def env(self):
-        return {"LD_PRELOAD": shim_path(), "GUILLEMOT_FAULTS": self.path}
-
-    def set(self, *rules):
-        tmp = self.path + ".new"
-        with open(tmp, "w") as f:
-            f.write("".join(r + "\n" for r in rules))
-        os.rename(tmp, self.path)              # never half a file for the library
-
-    def clear(self):
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    def injected(self):
-        """The failures injected so far, as "OP PATH ERRNO" lines."""
-        try:
-            with open(self.path + ".log") as f:
-                return f.read().splitlines()
-        except FileNotFoundError:
-            return []
 
 
 def fault_server(config=None, settings=None):

@@ -4,19 +4,20 @@
 ## make check-torture: 200 SIGKILLs under load, then every mailbox checked.
 ## TORTURE_FLAGS="--kills 50 --seed 1234" changes the run.
 TORTURE_FLAGS =
-check-torture: all
+check-torture: all tests/torture/faults.so
 	$(UNINSTALLED_ENV) GUILLEMOT="$(abs_top_builddir)/guillemot" \
 	  top_srcdir="$(abs_top_srcdir)" top_builddir="$(abs_top_builddir)" \
 	  $(PYTHON3) $(srcdir)/tests/torture/torture.py $(TORTURE_FLAGS)
 
-## The LD_PRELOAD library of tests/integration/test_disk_full.py: a shared
-## object built as a check program (no libtool here).
-check_PROGRAMS += tests/torture/enospc.so
-tests_torture_enospc_so_SOURCES = tests/torture/enospc.c
-tests_torture_enospc_so_CFLAGS = -fPIC -Wall -Wextra
-tests_torture_enospc_so_LDFLAGS = -shared
-tests_torture_enospc_so_LDADD = -ldl -lpthread
+## The LD_PRELOAD fault library of the torture and of
+## tests/integration/test_disk_full.py: a shared object built as a check
+## program (no libtool here).
+check_PROGRAMS += tests/torture/faults.so
+tests_torture_faults_so_SOURCES = tests/torture/faults.c
+tests_torture_faults_so_CFLAGS = -fPIC -Wall -Wextra
+tests_torture_faults_so_LDFLAGS = -shared
+tests_torture_faults_so_LDADD = -ldl -lpthread
 
-EXTRA_DIST += tests/torture/local.mk tests/torture/torture.py
+EXTRA_DIST += tests/torture/local.mk tests/torture/torture.py tests/torture/faultlib.py
 
 .PHONY: check-torture

@@ -42,12 +42,21 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
 from harness import (HOSTNAME, Server, as_stored, diag, received_block,  # noqa: E402
                      stuff, wait_for)
+from faultlib import Faults                                              # noqa: E402
 
 HELO = "client.example.test"
 SENDER = "torture@origin.test"
 MAILDIR_USERS = ["md0", "md1", "md2", "md3"]
 MBOX_USERS = ["mb0", "mb1", "mb2"]
 CLIENT_TIMEOUT = 20            # seconds for any one socket operation of a client
+
+# In about half of the stretches between two kills, the fault library (faults.c)
+# cuts writes to the spool and the mailboxes into pieces with a pause between
+# them (mbox appends the most) and pauses before each fsync of queue/: a kill
+# then often lands in the middle of writing a queue file, a Maildir file or an
+# mbox entry, which with plain writes happens only in the kernel's short copy.
+SLOW_RULES = ["chunk .mbox 16384 3000", "chunk /spool/ 32768 1000", "chunk /mail/ 32768 1000",
+              "delay fsync /spool/queue$ 1000"]
 
 # Recipients whose local part starts with "mb" read mbox; the others Maildir.
 CONFIG = """
@@ -390,7 +399,8 @@ def torture(kills=200, clients=6, seed=None, drain_timeout=120, quiet=False):
     say("torture: seed %d (TORTURE_SEED=%d repeats the random choices, not the timing), "
         "%d kills, %d clients" % (seed, seed, kills, clients))
     rng = random.Random(seed)
-    srv = VerboseServer(config_text=CONFIG, ipv6=False,
+    faults = Faults()
+    srv = VerboseServer(config_text=CONFIG, ipv6=False, env=faults.env(),
                         settings={"workers": 4, "retry-min": 1, "retry-max": 2})
     ledger = Ledger(seed)
     t0 = time.monotonic()
@@ -403,8 +413,13 @@ def torture(kills=200, clients=6, seed=None, drain_timeout=120, quiet=False):
     for t in threads:
         t.start()
 
-    early = 0
+    early = slow = 0
     for k in range(kills):
+        if rng.random() < 0.5:
+            faults.set(*SLOW_RULES)
+            slow += 1
+        else:
+            faults.clear()
         roll = rng.random()
         if roll < 0.1 and k > 0:
             # Kill again during start-up and recovery.
@@ -416,6 +431,7 @@ def torture(kills=200, clients=6, seed=None, drain_timeout=120, quiet=False):
             time.sleep(rng.uniform(0.005, 0.05) if roll < 0.4 else rng.uniform(0.05, 0.6))
         srv.kill()
         srv.start()
+    faults.clear()
     time.sleep(0.5)                            # a little traffic after the last restart
     stop.set()
     for t in threads:
@@ -469,6 +485,7 @@ def torture(kills=200, clients=6, seed=None, drain_timeout=120, quiet=False):
         "seed": seed,
         "kills": kills,
         "kills_during_startup": early,
+        "kills_slowed": slow,
         "starts": srv.starts,
         "connections": ledger.connections,
         "messages": len(ledger.messages),
@@ -484,12 +501,14 @@ def torture(kills=200, clients=6, seed=None, drain_timeout=120, quiet=False):
         "resumed": sum(int(n) for n in re.findall(r"queue: resuming (\d+) message", log)),
         "already_in_maildir": len(re.findall(r"status=already in (?:new|cur)/", log)),
         "mbox_already": len(re.findall(r"mbox=.*status=already appended", log)),
-        "mbox_partial": len(re.findall(r"mbox=.*status=partial entry removed", log)),
+        "mbox_partial": len(re.findall(r"mbox=.*status=(?:partial entry removed|interrupted append "
+                                       r"removed)", log)),
         "locks_broken": len(re.findall(r"mbox-lock=.*status=removed", log)),
         "sending_seconds": round(sending, 1),
         "duration": round(duration, 1),
     }
-    say("torture: %(kills)d kills (%(kills_during_startup)d during start-up), %(starts)d starts, "
+    say("torture: %(kills)d kills (%(kills_during_startup)d during start-up, %(kills_slowed)d with "
+        "writes cut in pieces), %(starts)d starts, "
         "%(connections)d connections, %(duration).1fs (%(sending_seconds).1fs sending)" % summary)
     say("torture: %(messages)d messages: %(sent)d sent whole, %(acked)d got 250, "
         "%(unknown)d unknown (%(unknown_delivered)d of them delivered), %(refused)d refused, "

@@ -815,6 +815,110 @@ test_mbox_journal_damaged (void)
   remove_tree (scratch);
 }
 
+/* A server killed in the middle of an append leaves its dot-lock, which says
+ * where the append began: the next delivery, whichever message it is for,
+ * cuts the mbox back there before appending (else its entry would follow
+ * half a message, and the mbox would be damaged for good). */
+static void
+test_mbox_dead_writer_cut (void)
+{
+  g_autofree char *scratch = make_scratch ();
+  gint64 size;
+  g_autofree char *mbox = mbox_with_one_entry (scratch, &size);
+  g_autofree char *before = read_file (mbox);
+  g_autoptr (GString) entry = journaled_entry (scratch);
+  append_bytes (mbox, entry->str, entry->len / 2);       /* what the dead process wrote */
+  g_autofree char *lock = g_strconcat (mbox, ".lock", NULL);
+  g_autofree char *owner = g_strdup_printf ("%d:%s %016" G_GINT64_MODIFIER "X\n", (int) dead_pid (),
+                                            g_get_host_name (), size);
+  g_assert_true (g_file_set_contents (lock, owner, -1, NULL));
+  g_autofree char *detail = NULL;
+  GmDeliveryInfo bounce_info = null_sender_info ();
+  assert_delivered (gm_deliver_mbox (mbox, &bounce_info, bounce, strlen (bounce), &detail), detail);
+  g_autofree char *after = read_file (mbox);
+  g_assert_true (g_str_has_prefix (after, before));
+  g_assert_true (g_str_has_prefix (after + strlen (before), "From MAILER-DAEMON "));
+  g_assert_false (g_file_test (lock, G_FILE_TEST_EXISTS));
+
+  /* Without an offset (it died before the append began) nothing is cut. */
+  g_autofree char *whole = read_file (mbox);
+  g_autofree char *early = g_strdup_printf ("%d:%s ----------------\n", (int) dead_pid (),
+                                            g_get_host_name ());
+  g_assert_true (g_file_set_contents (lock, early, -1, NULL));
+  assert_delivered (gm_deliver_mbox (mbox, &bounce_info, bounce, strlen (bounce), &detail), detail);
+  g_autofree char *last = read_file (mbox);
+  g_assert_true (g_str_has_prefix (last, whole));
+  g_assert_cmpuint (strlen (last), >, strlen (whole));
+  remove_tree (scratch);
+}
+
+/* Several threads find the dead process's lock at once: one repairs and
+ * removes it, and the others must not take the lock they then make for a
+ * stale one (a removed file's inode number comes back at once). */
+static void
+test_mbox_dead_writer_cut_concurrent (void)
+{
+  for (int round = 0; round < 5; round++)
+    {
+      g_autofree char *scratch = make_scratch ();
+      gint64 size;
+      g_autofree char *mbox = mbox_with_one_entry (scratch, &size);
+      g_autofree char *before = read_file (mbox);
+      append_bytes (mbox, "From half a message", 19);
+      g_autofree char *lock = g_strconcat (mbox, ".lock", NULL);
+      g_autofree char *owner = g_strdup_printf ("%d:%s %016" G_GINT64_MODIFIER "X\n",
+                                                (int) dead_pid (), g_get_host_name (), size);
+      g_assert_true (g_file_set_contents (lock, owner, -1, NULL));
+      GThread *threads[MBOX_THREADS];
+      for (int t = 0; t < MBOX_THREADS; t++)
+        threads[t] = g_thread_new ("mbox", deliver_many, mbox);
+      for (int t = 0; t < MBOX_THREADS; t++)
+        g_thread_join (threads[t]);
+      g_autofree char *contents = read_file (mbox);
+      g_assert_true (g_str_has_prefix (contents, before));
+      g_auto (GStrv) entries = g_strsplit (contents + strlen (before),
+                                           "From alice@client.example Wed Nov 25 12:00:00 2026\n", -1);
+      g_assert_cmpuint (g_strv_length (entries), ==, MBOX_THREADS * MBOX_MESSAGES + 1);
+      g_assert_cmpstr (entries[0], ==, "");
+      for (guint i = 1; entries[i]; i++)
+        {
+          g_assert_true (g_str_has_prefix (entries[i], "Return-Path: <alice@client.example>\n"));
+          g_assert_true (g_str_has_suffix (entries[i], ">From \n\n"));
+        }
+      g_assert_false (g_file_test (lock, G_FILE_TEST_EXISTS));
+      remove_tree (scratch);
+    }
+}
+
+/* While a delivery holds the dot-lock, it names this process and host. */
+static char *lock_seen;
+
+static gboolean
+record_lock_content (gpointer data, gint64 offset, char **detail)
+{
+  g_free (lock_seen);
+  lock_seen = read_file (data);
+  return TRUE;
+}
+
+static void
+test_mbox_lock_content (void)
+{
+  g_autofree char *scratch = make_scratch ();
+  g_autofree char *mbox = g_build_filename (scratch, "bob", NULL);
+  g_autofree char *lock = g_strconcat (mbox, ".lock", NULL);
+  GmMboxJournal journal = { -1, record_lock_content, lock };
+  GmDeliveryInfo info = alice_to_bob;
+  info.journal = &journal;
+  g_autofree char *detail = NULL;
+  assert_delivered (gm_deliver_mbox (mbox, &info, message, strlen (message), &detail), detail);
+  g_autofree char *expected = g_strdup_printf ("%d:%s ----------------\n", (int) getpid (),
+                                               g_get_host_name ());
+  g_assert_cmpstr (lock_seen, ==, expected);
+  g_clear_pointer (&lock_seen, g_free);
+  remove_tree (scratch);
+}
+
 /* A journal that cannot record: nothing is appended, the delivery is deferred. */
 static void
 test_mbox_journal_record_fails (void)
@@ -861,6 +965,9 @@ main (int argc, char **argv)
   g_test_add_func ("/deliver/mbox/journal/nothing-there", test_mbox_journal_nothing_there);
   g_test_add_func ("/deliver/mbox/journal/damaged", test_mbox_journal_damaged);
   g_test_add_func ("/deliver/mbox/journal/record-fails", test_mbox_journal_record_fails);
+  g_test_add_func ("/deliver/mbox/dead-writer-cut", test_mbox_dead_writer_cut);
+  g_test_add_func ("/deliver/mbox/dead-writer-cut-concurrent", test_mbox_dead_writer_cut_concurrent);
+  g_test_add_func ("/deliver/mbox/lock-content", test_mbox_lock_content);
   g_test_add_func ("/deliver/mbox/concurrent", test_mbox_concurrent);
   g_test_add_func ("/deliver/mbox/sender-with-spaces", test_mbox_sender_with_spaces);
   return g_test_run ();

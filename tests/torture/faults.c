@@ -1,25 +1,33 @@
-/* enospc.c — an LD_PRELOAD library that makes file-system calls fail on demand,
- * for the disk-full tests (tests/integration/test_disk_full.py).
+/* faults.c — an LD_PRELOAD library that makes file-system calls fail, or go
+ * slowly, on demand: for the disk-full tests (tests/integration/
+ * test_disk_full.py) and the crash torture (tests/torture/torture.py).
  *
- * GUILLEMOT_FAULTS names a control file. While it exists, each line of it
+ * GUILLEMOT_FAULTS names a control file. While it exists, each of its lines
+ * is a rule:
  *
  *     OPERATION PATH-SUBSTRING [ERRNO]
+ *         OPERATION fails with ERRNO (default ENOSPC; also EDQUOT, EIO,
+ *         EFBIG) on every path containing PATH-SUBSTRING (ending with it,
+ *         without its '$', when it ends with '$'). Operations: write (write,
+ *         writev, pwrite, pwritev), fsync (fsync, fdatasync), rename (rename,
+ *         renameat, renameat2: the path is the destination), link (link,
+ *         linkat: destination), create (open and openat with O_CREAT or
+ *         O_TMPFILE: the path opened), mkdir, truncate (ftruncate).
+ *     chunk PATH-SUBSTRING BYTES MICROSECONDS
+ *         writes to matching paths go BYTES at a time with a pause between
+ *         pieces (the caller still sees one whole write), so that a SIGKILL
+ *         can land in the middle of one, as it can in the kernel's copy of a
+ *         large write.
+ *     delay OPERATION PATH-SUBSTRING MICROSECONDS
+ *         a pause before OPERATION on matching paths.
  *
- * makes OPERATION fail with ERRNO (default ENOSPC; also EDQUOT, EIO, EFBIG)
- * on every path containing PATH-SUBSTRING (ending with PATH-SUBSTRING, without
- * its '$', when it ends with '$'). Operations: write (write, writev,
- * pwrite, pwritev), fsync (fsync, fdatasync), rename (rename, renameat,
- * renameat2: the path is the destination), link (link, linkat: destination),
- * create (open and openat with O_CREAT or O_TMPFILE: the path opened), mkdir,
- * truncate (ftruncate, which only shrinks in Guillemot: never faulted by
- * ENOSPC in real life, but EIO can be asked for). A descriptor's path is what
- * /proc/self/fd/N says. Lines starting with '#' are comments. The file is
- * read again whenever it changes; without it every call goes straight
- * through. Each injected failure is appended to the control file's name plus
- * ".log" as "OPERATION PATH ERRNO-NAME", so that a test can tell that (and
- * where) it hit.
+ * A descriptor's path is what /proc/self/fd/N says. Lines starting with '#'
+ * are comments. The file is read again whenever it changes; without it every
+ * call goes straight through. Each injected failure is appended to the
+ * control file's name plus ".log" as "OPERATION PATH ERRNO-NAME", so that a
+ * test can tell that (and where) it hit.
  *
- * Blocking faults the way a full disk does, at the exact step a test wants,
+ * Faulting calls the way a full disk does, at the exact step a test wants,
  * works without root and on any file system; the tmpfs tests complement it
  * with the real thing where mounting is allowed. */
 #define _GNU_SOURCE
@@ -39,11 +47,16 @@
 #define MAX_RULES 32
 #define MAX_TEXT 512
 
+typedef enum { RULE_FAIL, RULE_CHUNK, RULE_DELAY } RuleKind;
+
 typedef struct
 {
-  char op[16];
+  RuleKind kind;
+  char op[16];                  /* the operation (write for chunk) */
   char substring[MAX_TEXT];
-  int err;
+  int err;                      /* RULE_FAIL */
+  long bytes;                   /* RULE_CHUNK */
+  long usec;                    /* RULE_CHUNK, RULE_DELAY */
 } Rule;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -137,13 +150,35 @@ reload (const char *control)
   char line[MAX_TEXT + 64];
   while (n_rules < MAX_RULES && fgets (line, sizeof line, f))
     {
-      char op[16], substring[MAX_TEXT], err[16] = "ENOSPC";
-      if (line[0] == '#' || sscanf (line, "%15s %511s %15s", op, substring, err) < 2)
+      char a[16], b[MAX_TEXT], c[MAX_TEXT], d[32];
+      int n = line[0] == '#' ? 0 : sscanf (line, "%15s %511s %511s %31s", a, b, c, d);
+      Rule *r = &rules[n_rules];
+      memset (r, 0, sizeof *r);
+      if (n >= 4 && strcmp (a, "chunk") == 0)
+        {
+          r->kind = RULE_CHUNK;
+          snprintf (r->op, sizeof r->op, "write");
+          snprintf (r->substring, sizeof r->substring, "%s", b);
+          r->bytes = atol (c) > 0 ? atol (c) : 4096;
+          r->usec = atol (d);
+        }
+      else if (n >= 4 && strcmp (a, "delay") == 0)
+        {
+          r->kind = RULE_DELAY;
+          snprintf (r->op, sizeof r->op, "%.15s", b);
+          snprintf (r->substring, sizeof r->substring, "%s", c);
+          r->usec = atol (d);
+        }
+      else if (n >= 2)
+        {
+          r->kind = RULE_FAIL;
+          snprintf (r->op, sizeof r->op, "%s", a);
+          snprintf (r->substring, sizeof r->substring, "%s", b);
+          r->err = errno_from_name (n >= 3 ? c : "ENOSPC");
+        }
+      else
         continue;
-      Rule *r = &rules[n_rules++];
-      snprintf (r->op, sizeof r->op, "%s", op);
-      snprintf (r->substring, sizeof r->substring, "%s", substring);
-      r->err = errno_from_name (err);
+      n_rules++;
     }
   fclose (f);
   loaded = st;
@@ -177,41 +212,123 @@ matches (const char *path, const char *pattern)
   return strstr (path, pattern) != NULL;
 }
 
-/* Should OP on PATH fail? Returns the errno value, or 0. */
+/* What the rules say about OP on PATH: the errno value to fail with (or 0),
+ * after sleeping as delay rules ask; *CHUNK (if not NULL) gets the piece
+ * size and pause of a chunk rule, or 0. */
 static int
-fault (const char *op, const char *path)
+consult (const char *op, const char *path, long *chunk_bytes, long *chunk_usec)
 {
+  if (chunk_bytes)
+    *chunk_bytes = *chunk_usec = 0;
   const char *control = getenv ("GUILLEMOT_FAULTS");
   if (!control || !path)
     return 0;
   int saved = errno;
   int err = 0;
+  long delay = 0;
   pthread_mutex_lock (&lock);
   reload (control);
-  for (int i = 0; i < n_rules && !err; i++)
-    if (strcmp (rules[i].op, op) == 0 && matches (path, rules[i].substring))
-      err = rules[i].err;
+  for (int i = 0; i < n_rules; i++)
+    {
+      Rule *r = &rules[i];
+      if (strcmp (r->op, op) != 0 || !matches (path, r->substring))
+        continue;
+      if (r->kind == RULE_FAIL && !err)
+        err = r->err;
+      else if (r->kind == RULE_DELAY)
+        delay += r->usec;
+      else if (r->kind == RULE_CHUNK && chunk_bytes && !*chunk_bytes)
+        {
+          *chunk_bytes = r->bytes;
+          *chunk_usec = r->usec;
+        }
+    }
   pthread_mutex_unlock (&lock);
   if (err)
     note (control, op, path, err);
+  else if (delay > 0)
+    usleep (delay);
   errno = saved;
   return err;
 }
 
 static int
-fault_fd (const char *op, int fd)
+fault (const char *op, const char *path)
+{
+  return consult (op, path, NULL, NULL);
+}
+
+/* The path open on FD, in BUF; NULL when there is nothing to consult. */
+static const char *
+fd_path (int fd, char *buf, size_t size)
 {
   if (!getenv ("GUILLEMOT_FAULTS"))
-    return 0;
-  char link[64], path[MAX_TEXT];
+    return NULL;
+  char link[64];
   snprintf (link, sizeof link, "/proc/self/fd/%d", fd);
   int saved = errno;
-  ssize_t n = readlink (link, path, sizeof path - 1);
+  ssize_t n = readlink (link, buf, size - 1);
   errno = saved;
   if (n <= 0)
-    return 0;
-  path[n] = '\0';
-  return fault (op, path);
+    return NULL;
+  buf[n] = '\0';
+  return buf;
+}
+
+static int
+fault_fd (const char *op, int fd)
+{
+  char path[MAX_TEXT];
+  return fault (op, fd_path (fd, path, sizeof path));
+}
+
+/* Write IOV to FD (at OFFSET, or at the file position when OFFSET < 0) in
+ * pieces of at most BYTES with USEC between them. Returns what write would. */
+static ssize_t
+write_in_pieces (int fd, const struct iovec *iov, int iovcnt, off_t offset, long bytes, long usec)
+{
+  ssize_t total = 0;
+  for (int i = 0; i < iovcnt; i++)
+    for (size_t done = 0; done < iov[i].iov_len;)
+      {
+        size_t want = iov[i].iov_len - done;
+        if (want > (size_t) bytes)
+          want = bytes;
+        if (total > 0)
+          usleep (usec);
+        const char *from = (const char *) iov[i].iov_base + done;
+        ssize_t n = offset < 0 ? REAL (write) (fd, from, want)
+                               : REAL (pwrite) (fd, from, want, offset + total);
+        if (n < 0)
+          return total > 0 ? total : -1;
+        total += n;
+        done += n;
+        if ((size_t) n < want)
+          return total;
+      }
+  return total;
+}
+
+/* write, writev, pwrite, pwritev: fail, or go in pieces, as the rules say.
+ * Returns 1 with *RESULT set when the rules did the call, 0 to go ahead. */
+static int
+write_rules (int fd, const struct iovec *iov, int iovcnt, off_t offset, ssize_t *result)
+{
+  char path[MAX_TEXT];
+  long bytes, usec;
+  int err = consult ("write", fd_path (fd, path, sizeof path), &bytes, &usec);
+  if (err)
+    {
+      errno = err;
+      *result = -1;
+      return 1;
+    }
+  if (bytes > 0)
+    {
+      *result = write_in_pieces (fd, iov, iovcnt, offset, bytes, usec);
+      return 1;
+    }
+  return 0;
 }
 
 /* The path DIRFD/PATH names, for matching: only absolute paths and AT_FDCWD
@@ -237,21 +354,29 @@ at_path (int dirfd, const char *path, char *buf, size_t size)
 ssize_t
 write (int fd, const void *buf, size_t count)
 {
-  FAIL_IF (fault_fd ("write", fd));
+  struct iovec iov = { (void *) buf, count };
+  ssize_t result;
+  if (write_rules (fd, &iov, 1, -1, &result))
+    return result;
   return REAL (write) (fd, buf, count);
 }
 
 ssize_t
 writev (int fd, const struct iovec *iov, int iovcnt)
 {
-  FAIL_IF (fault_fd ("write", fd));
+  ssize_t result;
+  if (write_rules (fd, iov, iovcnt, -1, &result))
+    return result;
   return REAL (writev) (fd, iov, iovcnt);
 }
 
 ssize_t
 pwrite (int fd, const void *buf, size_t count, off_t offset)
 {
-  FAIL_IF (fault_fd ("write", fd));
+  struct iovec iov = { (void *) buf, count };
+  ssize_t result;
+  if (write_rules (fd, &iov, 1, offset, &result))
+    return result;
   return REAL (pwrite) (fd, buf, count, offset);
 }
 ssize_t pwrite64 (int fd, const void *buf, size_t count, off_t offset) __attribute__ ((alias ("pwrite")));
@@ -259,7 +384,9 @@ ssize_t pwrite64 (int fd, const void *buf, size_t count, off_t offset) __attribu
 ssize_t
 pwritev (int fd, const struct iovec *iov, int iovcnt, off_t offset)
 {
-  FAIL_IF (fault_fd ("write", fd));
+  ssize_t result;
+  if (write_rules (fd, iov, iovcnt, offset, &result))
+    return result;
   return REAL (pwritev) (fd, iov, iovcnt, offset);
 }
 ssize_t pwritev64 (int fd, const struct iovec *iov, int iovcnt, off_t offset) __attribute__ ((alias ("pwritev")));
