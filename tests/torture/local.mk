@@ -18,6 +18,8 @@ tests_torture_faults_so_CFLAGS = -fPIC -Wall -Wextra
 tests_torture_faults_so_LDFLAGS = -shared
 tests_torture_faults_so_LDADD = -ldl -lpthread
 
-EXTRA_DIST += tests/torture/local.mk tests/torture/torture.py tests/torture/faultlib.py
+## doc/guarantees-durability.texi is @included by the manual's guarantees chapter.
+EXTRA_DIST += tests/torture/local.mk tests/torture/torture.py tests/torture/faultlib.py \
+	doc/guarantees-durability.texi
 
 .PHONY: check-torture
