@@ -713,8 +713,9 @@ parse_recipient (Cursor *c, GmEnvelope *env, GError **error)
 /* The current line is "O VALUE", which must follow the T record of an mbox
  * recipient. VALUE is rewritten in place before an append, and a crash can
  * tear that write where it crosses a page: a mix of the old and the new
- * characters. Nothing was appended yet then (see queue.c), so a value that is
- * not all hex digits reads as "no append begun". */
+ * characters. No whole copy of the message is in the mbox then (see
+ * append_locked in deliver-local.c), so a value that is not all hex digits
+ * reads as "no append begun". */
 static ParseResult
 parse_append_start (Cursor *c, GmEnvelope *env, GError **error)
 {
