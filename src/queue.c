@@ -34,8 +34,10 @@ typedef struct
   gboolean queued_ran;          /* the queued rules ran in this attempt */
   GmVerdict queued;             /* their verdict */
   GmVerdict *decisions;         /* the delivery rules' verdict per recipient, or NULL */
+  gboolean *rerouted;           /* per recipient: its delivery rules chose another mailbox */
   guint n_decisions;
   guint next_rcpt;              /* the delivery rules' progress */
+  char *destination;            /* the recipient's recorded mailbox, while its rules run */
   /* Filled by the worker. */
   guint pending;                /* recipients still to do */
   gboolean corrupt;
@@ -61,6 +63,25 @@ transport_name (GmTransport t)
 {
   return t == GM_TRANSPORT_MAILDIR ? "maildir" : t == GM_TRANSPORT_MBOX ? "mbox" : "none";
 }
+
+typedef struct
+{
+  GmQueueFile *qf;
+  guint index;
+} AppendJournal;
+
+/* GmMboxJournal's record: the offset goes into the recipient's O record. */
+static gboolean
+record_append (gpointer data, gint64 offset, char **detail)
+{
+  AppendJournal *j = data;
+  g_autoptr (GError) error = NULL;
+  if (gm_queue_file_note_append (j->qf, j->index, offset, &error))
+    return TRUE;
+  *detail = g_strdup (error->message);
+  return FALSE;
+}
+
 
 /* Worker thread: open and read the queue file, once per attempt. */
 static gboolean
@@ -174,8 +195,12 @@ deliver_recipients (Delivery *d)
       GmSpoolRcpt *r = g_ptr_array_index (env->rcpts, i);
       if (r->status != GM_RCPT_PENDING)
         continue;
+      AppendJournal journal_data = { qf, i };
+      /* The O record journals appends to the recorded mbox, not to another. */
+      gboolean rerouted = d->rerouted && d->rerouted[i];
+      GmMboxJournal journal = { r->append_start, record_append, &journal_data };
       GmDeliveryInfo info = { env->id, i, env->arrival, env->sender, r->address,
-                              d->hostname };
+                              d->hostname, r->append_offset && !rerouted ? &journal : NULL };
       const GmVerdict *decision = d->decisions ? &d->decisions[i] : NULL;
       GmVerdictKind kind = decision ? decision->kind : GM_VERDICT_NEXT;
       g_autofree char *detail = NULL;
@@ -231,9 +256,12 @@ deliver_recipients (Delivery *d)
           d->pending++;
           continue;
         }
-      /* mbox appends are not idempotent: make the mark durable before the
-       * next step. Maildir names are, so their marks may wait. */
-      if (delivered && r->transport == GM_TRANSPORT_MBOX && !gm_queue_file_sync (qf, &mark_error))
+      /* An mbox append without a journal (a queue file older than O
+       * records, or an mbox chosen by delivery rules) is not idempotent:
+       * make the mark durable before the next step. Maildir names and
+       * journaled appends are, so their marks may wait. */
+      if (delivered && r->transport == GM_TRANSPORT_MBOX && (!r->append_offset || rerouted)
+          && !gm_queue_file_sync (qf, &mark_error))
         gm_log (env->id, "cannot sync queue file: %s", mark_error->message);
       else
         must_sync = TRUE;
@@ -287,6 +315,8 @@ static void
 recipient_decided (gpointer data, const GmVerdict *v)
 {
   Delivery *d = data;
+  GmSpoolRcpt *r = g_ptr_array_index (d->qf->env->rcpts, d->next_rcpt);
+  d->rerouted[d->next_rcpt] = g_strcmp0 (r->destination, d->destination) != 0;
   GmVerdict *decision = &d->decisions[d->next_rcpt++];
   *decision = *v;
   decision->text = g_strdup (v->text);
@@ -311,6 +341,7 @@ run_delivery_rules (Delivery *d)
       if (!d->decisions)
         {
           d->decisions = g_new0 (GmVerdict, env->rcpts->len);
+          d->rerouted = g_new0 (gboolean, env->rcpts->len);
           d->n_decisions = env->rcpts->len;
         }
       while (d->next_rcpt < env->rcpts->len)
@@ -322,6 +353,8 @@ run_delivery_rules (Delivery *d)
               continue;
             }
           GmVerdict v = { 0 };
+          g_free (d->destination);
+          d->destination = g_strdup (r->destination);
           if (!gm_policy_message_run (d->policy, GM_STAGE_DELIVERY, d->next_rcpt, &v,
                                       recipient_decided, d))
             return;             /* recipient_decided goes on */
@@ -379,6 +412,8 @@ deliver_done (gpointer data)
     for (guint i = 0; i < d->n_decisions; i++)
       gm_verdict_clear (&d->decisions[i]);
   g_free (d->decisions);
+  g_free (d->rerouted);
+  g_free (d->destination);
   g_free (d->state_dir);
   g_free (d->hostname);
   if (d->pending == 0 || d->corrupt)

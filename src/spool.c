@@ -21,6 +21,7 @@
 #define QUEUE_MAGIC "GUILLEMOT-QUEUE 1"
 #define ID_DIGITS 14            /* microseconds since the epoch, upper-case hex */
 #define MAX_ID_LENGTH 64
+#define APPEND_DIGITS 16        /* the O record's value: an offset in hex, or dashes */
 /* Recovery reads this much of each file: enough for the records of any
  * ordinary message, and the message itself is not needed to validate it. */
 #define RECOVERY_PREFIX (64 * 1024)
@@ -91,6 +92,7 @@ gm_envelope_add_rcpt (GmEnvelope *env, const char *address, GmTransport transpor
   rcpt->transport = transport;
   rcpt->destination = g_strdup (destination);
   rcpt->status = GM_RCPT_PENDING;
+  rcpt->append_start = -1;
   g_ptr_array_add (env->rcpts, rcpt);
 }
 
@@ -294,7 +296,20 @@ append_record (GString *records, const char *tag, const char *value)
   g_string_append_c (records, '\n');
 }
 
-/* The records in front of the message; fills each recipient's status_offset. */
+/* The value of an O record: APPEND_DIGITS hex digits, or dashes for none. */
+static void
+format_append_start (GString *out, gint64 start)
+{
+  if (start < 0)
+    for (int i = 0; i < APPEND_DIGITS; i++)
+      g_string_append_c (out, '-');
+  else
+    g_string_append_printf (out, "%0" G_STRINGIFY (APPEND_DIGITS) G_GINT64_MODIFIER "X",
+                            (guint64) start);
+}
+
+/* The records in front of the message; fills each recipient's status_offset
+ * and append_offset. */
 static GString *
 format_records (GmEnvelope *env, gsize message_len)
 {
@@ -326,6 +341,15 @@ format_records (GmEnvelope *env, gsize message_len)
       g_string_append_c (records, ' ');
       g_string_append (records, rcpt->destination ? rcpt->destination : "");
       g_string_append_c (records, '\n');
+      if (rcpt->transport == GM_TRANSPORT_MBOX)
+        {
+          g_string_append (records, "O ");
+          rcpt->append_offset = records->len;
+          format_append_start (records, rcpt->append_start);
+          g_string_append_c (records, '\n');
+        }
+      else
+        rcpt->append_offset = 0;
     }
   g_string_append_printf (records, "M %" G_GSIZE_FORMAT "\n", message_len);
   return records;
@@ -450,6 +474,51 @@ write_incoming (int fd, const char *path, gboolean recycled, GString *records,
   return TRUE;
 }
 
+/* Write a new queue file for ID in INCOMING_DIR (or a recycled one), durably;
+ * *PATH is where it is. On failure nothing is left. */
+static gboolean
+write_queue_file (const char *incoming_dir, const char *free_dir, const char *id,
+                  GString *records, const char *header, gsize header_len, const char *body,
+                  gsize body_len, char **path, gboolean *recycled, GError **error)
+{
+  g_clear_pointer (path, g_free);
+  int fd = open_incoming (incoming_dir, free_dir, id, path, recycled, error);
+  if (fd < 0)
+    return FALSE;
+  return write_incoming (fd, *path, *recycled, records, header, header_len, body, body_len, error);
+}
+
+/* Unlink every file of FREE_DIR kept for reuse; returns how many. */
+static guint
+drop_free_files (const char *free_dir)
+{
+  guint n = 0;
+  char *path;
+  while ((path = take_free_file (free_dir)))
+    {
+      if (unlink (path) == 0)
+        n++;
+      g_free (path);
+    }
+  return n;
+}
+
+/* Create quarantine/NAME (QUEUE_DIR) if missing, durably: the messages in
+ * it are acknowledged. */
+static gboolean
+make_quarantine_dir (const char *queue_dir, GError **error)
+{
+  if (g_file_test (queue_dir, G_FILE_TEST_IS_DIR))
+    return TRUE;
+  if (g_mkdir_with_parents (queue_dir, 0700) < 0)
+    return set_errno_error (error, errno, "create", queue_dir);
+  g_autofree char *parent = g_path_get_dirname (queue_dir);
+  int e = gm_fsync_directory (parent);
+  if (e)
+    return set_errno_error (error, e, "fsync", parent);
+  return TRUE;
+}
+
 /* Write ENV and the message into QUEUED, in QUEUE_DIR: through incoming/
  * (or a recycled file), fdatasync, rename (over an existing file only with
  * REPLACE), and the directory fsync shared with other writers. */
@@ -464,12 +533,29 @@ spool_write_to (const char *state_dir, GmEnvelope *env, const char *queue_dir,
   g_autofree char *incoming_dir = spool_path (state_dir, "incoming", NULL);
   g_autofree char *free_dir = spool_path (state_dir, "free", NULL);
   g_autofree char *incoming = NULL;
-  gboolean recycled;
-  int fd = open_incoming (incoming_dir, free_dir, env->id, &incoming, &recycled, error);
-  if (fd < 0)
-    return FALSE;
-  if (!write_incoming (fd, incoming, recycled, records, header, header_len, body, body_len, error))
-    return FALSE;
+  g_autoptr (GError) local = NULL;
+  gboolean recycled = FALSE;
+  if (!write_queue_file (incoming_dir, free_dir, env->id, records, header, header_len, body,
+                         body_len, &incoming, &recycled, &local))
+    {
+      /* Files kept for reuse take space that a full disk needs more: give
+       * them up (the one that failed is gone already) and try once more. */
+      guint dropped = 0;
+      if (g_error_matches (local, GM_SPOOL_ERROR, GM_SPOOL_ERROR_NO_SPACE)
+          && (dropped = drop_free_files (free_dir) + (recycled ? 1 : 0)) > 0)
+        {
+          gm_log (env->id, "spool=free, status=emptied, files=%u, reason=%s", dropped,
+                  local->message);
+          g_clear_error (&local);
+          write_queue_file (incoming_dir, free_dir, env->id, records, header, header_len, body,
+                            body_len, &incoming, &recycled, &local);
+        }
+      if (local)
+        {
+          g_propagate_error (error, g_steal_pointer (&local));
+          return FALSE;
+        }
+    }
   if ((replace ? rename (incoming, queued) : gm_rename_noreplace (incoming, queued)) < 0)
     {
       int e = errno;
@@ -498,8 +584,8 @@ gm_spool_write (const char *state_dir, GmEnvelope *env, const char *header, gsiz
     ? g_build_filename (state_dir, "spool", "quarantine", env->quarantine, NULL)
     : spool_path (state_dir, "queue", NULL);
   g_autofree char *queued = g_build_filename (queue_dir, env->id, NULL);
-  if (env->quarantine && g_mkdir_with_parents (queue_dir, 0700) < 0)
-    return set_errno_error (error, errno, "create", queue_dir);
+  if (env->quarantine && !make_quarantine_dir (queue_dir, error))
+    return FALSE;
   return spool_write_to (state_dir, env, queue_dir, queued, FALSE, header, header_len,
                          body, body_len, error);
 }
@@ -627,6 +713,7 @@ parse_recipient (Cursor *c, GmEnvelope *env, GError **error)
   g_ptr_array_add (env->rcpts, rcpt);
   rcpt->status = c->line[1];
   rcpt->status_offset = c->line_start + 1;
+  rcpt->append_start = -1;
   rcpt->address = g_strndup (c->line + 3, c->line_len - 3);
 
   ParseResult r = next_line (c, error);
@@ -641,6 +728,35 @@ parse_recipient (Cursor *c, GmEnvelope *env, GError **error)
   rcpt->destination = g_strndup (space + 1, c->line + c->line_len - space - 1);
   if (!destination_is_valid (rcpt->transport, rcpt->destination))
     return corrupt (c, error, "the destination is not an absolute path");
+  return PARSE_OK;
+}
+
+/* The current line is "O VALUE", which must follow the T record of an mbox
+ * recipient. VALUE is rewritten in place before an append, and a crash can
+ * tear that write where it crosses a page: a mix of the old and the new
+ * characters. No whole copy of the message is in the mbox then (see
+ * append_locked in deliver-local.c), so a value that is not all hex digits
+ * reads as "no append begun". */
+static ParseResult
+parse_append_start (Cursor *c, GmEnvelope *env, GError **error)
+{
+  GmSpoolRcpt *rcpt = env->rcpts->len ? rcpt_at (env, env->rcpts->len - 1) : NULL;
+  if (!rcpt || rcpt->transport != GM_TRANSPORT_MBOX || rcpt->append_offset != 0)
+    return corrupt (c, error, "an O record not after the T record of an mbox recipient");
+  const char *value = c->line + 2;
+  if (c->line_len != 2 + APPEND_DIGITS)
+    return corrupt (c, error, "the O record is not %d characters", APPEND_DIGITS);
+  gboolean hex = TRUE;
+  for (int i = 0; i < APPEND_DIGITS; i++)
+    {
+      gboolean digit = g_ascii_isxdigit (value[i]) && !g_ascii_islower (value[i]);
+      if (!digit && value[i] != '-')
+        return corrupt (c, error, "the O record holds other than hex digits and dashes");
+      hex = hex && digit;
+    }
+  /* A value past G_MAXINT64 is no offset either. */
+  rcpt->append_start = hex && value[0] < '8' ? (gint64) g_ascii_strtoull (value, NULL, 16) : -1;
+  rcpt->append_offset = c->line_start + 2;
   return PARSE_OK;
 }
 
@@ -682,10 +798,12 @@ parse_records (const char *data, gsize len, guint64 file_size, GmEnvelope **env_
           env->queued_rules = c.line[1];
           env->queued_offset = c.line_start + 1;
         }
+      else if (line_has_tag (&c, 'O'))
+        TRY (parse_append_start (&c, env, error));
       else if (line_has_tag (&c, 'M'))
         break;
       else
-        return corrupt (&c, error, "expected a Q, an R or the M record");
+        return corrupt (&c, error, "expected a Q, an R, an O or the M record");
     }
   if (!parse_decimal (c.line + 2, c.line_len - 2, G_MAXUINT64, &number))
     return corrupt (&c, error, "the M record is not a number");
@@ -895,13 +1013,33 @@ gm_queue_file_quarantine (GmQueueFile *qf, const char *name, GError **error)
   g_autofree char *spool_dir = g_path_get_dirname (queue_dir);
   g_autofree char *dir = g_build_filename (spool_dir, "quarantine", name, NULL);
   g_autofree char *target = g_build_filename (dir, qf->env->id, NULL);
-  if (g_mkdir_with_parents (dir, 0700) < 0)
-    return set_errno_error (error, errno, "create", dir);
+  if (!make_quarantine_dir (dir, error))
+    return FALSE;
   if (gm_rename_noreplace (qf->path, target) < 0)
     return set_errno_error (error, errno, "rename to", target);
   int e = gm_fsync_directory_shared (dir);
   if (e)
     return set_errno_error (error, e, "fsync", dir);
+  return TRUE;
+}
+
+gboolean
+gm_queue_file_note_append (GmQueueFile *qf, guint index, gint64 offset, GError **error)
+{
+  g_return_val_if_fail (qf != NULL && index < qf->env->rcpts->len && offset >= 0, FALSE);
+  GmSpoolRcpt *rcpt = rcpt_at (qf->env, index);
+  g_return_val_if_fail (rcpt->append_offset > 0, FALSE);
+  g_autoptr (GString) value = g_string_new (NULL);
+  format_append_start (value, offset);
+  ssize_t n;
+  do
+    n = pwrite (qf->fd, value->str, value->len, rcpt->append_offset);
+  while (n < 0 && errno == EINTR);
+  if (n != (ssize_t) value->len)
+    return set_errno_error (error, n < 0 ? errno : EIO, "record mbox offset in", qf->path);
+  if (fdatasync (qf->fd) < 0)
+    return set_errno_error (error, errno, "fsync", qf->path);
+  rcpt->append_start = offset;
   return TRUE;
 }
 

@@ -20,12 +20,15 @@
  *                                        still to run, D they ran (rewritten in place)
  *   R<status> <recipient address>        status: P pending, D delivered, F failed
  *   T <transport> <destination>          for the R record just above: "maildir DIR" or "mbox FILE"
- *   ...one R/T pair per recipient...
+ *   O <16 hex digits, or 16 '-'>         mbox only: where an append began (mbox journal)
+ *   ...one R/T pair (and O record) per recipient...
  *   M <message length in bytes>
  *   <message bytes: LF line ends, Received: header first>
  *
  * Record values never contain LF (the SMTP parser refuses them). The status
- * byte of each R record is rewritten in place when a delivery completes.
+ * byte of each R record is rewritten in place when a delivery completes, the
+ * value of an O record before an mbox append starts (files written before O
+ * records existed have none and parse as before).
  * All functions here do blocking I/O: call them from a worker thread, or at
  * start-up. */
 #pragma once
@@ -56,6 +59,8 @@ typedef struct
   char *destination;            /* absolute path: Maildir directory or mbox file */
   GmRcptStatus status;
   goffset status_offset;        /* of the status byte in the queue file (set by read and write) */
+  gint64 append_start;          /* mbox: offset where an unfinished append began, or -1 */
+  goffset append_offset;        /* of the O record's value in the file, 0 when it has none */
 } GmSpoolRcpt;
 
 typedef struct
@@ -115,6 +120,9 @@ gboolean gm_queue_file_mark_queued (GmQueueFile *qf, GError **error);
 gboolean gm_queue_file_rewrite (GmQueueFile *qf, GError **error);
 /* Move the file into quarantine/NAME/, durably. */
 gboolean gm_queue_file_quarantine (GmQueueFile *qf, const char *name, GError **error);
+/* Record durably (in place, then fdatasync) that an append to recipient
+ * INDEX's mbox starts at OFFSET. The recipient must have an O record. */
+gboolean gm_queue_file_note_append (GmQueueFile *qf, guint index, gint64 offset, GError **error);
 /* fdatasync the file: makes marks durable. */
 gboolean gm_queue_file_sync (GmQueueFile *qf, GError **error);
 /* Remove the queue file from queue/ (when every recipient is done). */

@@ -86,7 +86,7 @@ def _():
     os.makedirs(srv.path("mail"), exist_ok=True)
     lock = srv.mbox_path("held") + ".lock"
     with open(lock, "w") as f:
-        f.write("99999\n")                     # a live-looking dot-lock: delivery waits
+        f.write("%d\n" % os.getpid())          # a live process's dot-lock: delivery waits
     c = start_transaction(srv, "held@example.test")
     c.send_expect("DATA", 354)
     c.send(stuff(b"Subject: held\r\n\r\nFrom a held delivery\r\n"))

@@ -130,6 +130,7 @@ def _():
     recs = records(srv, qid)
     assert_equal(recs[6:], ["S bounces@example.test", "QD",
                             "RD ann@example.test", "T mbox " + srv.path("mbox", "ann"),
+                            "O 0000000000000000",        # where its append began
                             "RP archive@example.test",
                             "T maildir " + srv.maildir("archive")], "rewritten records")
     files = srv.wait_maildir("archive", 1)

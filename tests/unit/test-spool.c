@@ -122,6 +122,8 @@ assert_envelopes_equal (const GmEnvelope *a, const GmEnvelope *b)
       g_assert_cmpstr (ra->destination, ==, rb->destination);
       g_assert_cmpint (ra->status, ==, rb->status);
       g_assert_cmpint (ra->status_offset, ==, rb->status_offset);
+      g_assert_cmpint (ra->append_start, ==, rb->append_start);
+      g_assert_cmpint (ra->append_offset, ==, rb->append_offset);
     }
 }
 
@@ -235,6 +237,127 @@ test_remove (void)
   spool_teardown (&s);
 }
 
+/* ---- The mbox journal (O records) ---- */
+
+/* mbox recipients get an O record of dashes; Maildir ones none. */
+static void
+test_append_record_written (void)
+{
+  Spool s;
+  spool_setup (&s);
+  g_autoptr (GmEnvelope) env = make_envelope (2);      /* 0: Maildir, 1: mbox */
+  write_or_die (&s, env, "body\n", 5);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GmQueueFile) qf = gm_queue_file_open (s.state_dir, env->id, &error);
+  g_assert_no_error (error);
+  assert_envelopes_equal (env, qf->env);
+  const GmSpoolRcpt *maildir = g_ptr_array_index (qf->env->rcpts, 0);
+  const GmSpoolRcpt *mbox = g_ptr_array_index (qf->env->rcpts, 1);
+  g_assert_cmpint (maildir->append_offset, ==, 0);
+  g_assert_cmpint (maildir->append_start, ==, -1);
+  g_assert_cmpint (mbox->append_start, ==, -1);
+  g_autofree char *contents = NULL;
+  g_assert_true (g_file_get_contents (qf->path, &contents, NULL, NULL));
+  g_assert_true (strstr (contents, "\nT mbox /var/mail/user 1\nO ----------------\nM ") != NULL);
+  g_assert_cmpmem (contents + mbox->append_offset - 2, 19, "O ----------------\n", 19);
+  spool_teardown (&s);
+}
+
+/* gm_queue_file_note_append rewrites the O record in place, durably. */
+static void
+test_append_noted_in_place (void)
+{
+  Spool s;
+  spool_setup (&s);
+  g_autoptr (GmEnvelope) env = make_envelope (4);
+  write_or_die (&s, env, "body\n", 5);
+  g_autoptr (GError) error = NULL;
+  GmQueueFile *qf = gm_queue_file_open (s.state_dir, env->id, &error);
+  g_assert_no_error (error);
+  g_autofree char *before = NULL;
+  gsize before_len;
+  g_assert_true (g_file_get_contents (qf->path, &before, &before_len, NULL));
+  g_assert_true (gm_queue_file_note_append (qf, 3, G_GINT64_CONSTANT (0x7123456789ABCDEF), &error));
+  g_assert_true (gm_queue_file_note_append (qf, 1, 0, &error));
+  g_assert_true (gm_queue_file_note_append (qf, 1, 4242, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (((GmSpoolRcpt *) g_ptr_array_index (qf->env->rcpts, 1))->append_start, ==, 4242);
+  gm_queue_file_close (qf);
+
+  qf = gm_queue_file_open (s.state_dir, env->id, &error);
+  g_assert_no_error (error);
+  const gint64 expected[] = { -1, 4242, -1, G_GINT64_CONSTANT (0x7123456789ABCDEF) };
+  for (guint i = 0; i < G_N_ELEMENTS (expected); i++)
+    g_assert_cmpint (((GmSpoolRcpt *) g_ptr_array_index (qf->env->rcpts, i))->append_start, ==,
+                     expected[i]);
+  g_autofree char *after = NULL;
+  gsize after_len;
+  g_assert_true (g_file_get_contents (qf->path, &after, &after_len, NULL));
+  g_assert_cmpuint (after_len, ==, before_len);
+  g_assert_true (strstr (after, "\nO 0000000000001092\n") != NULL);
+  g_assert_true (strstr (after, "\nO 7123456789ABCDEF\n") != NULL);
+  /* Only the O values changed. */
+  gsize changed = 0;
+  for (gsize i = 0; i < after_len; i++)
+    changed += before[i] != after[i];
+  g_assert_cmpuint (changed, <=, 32);
+  gm_queue_file_close (qf);
+  spool_teardown (&s);
+}
+
+/* O records: where they may be, and what a torn one reads as. */
+static void
+test_parse_append_records (void)
+{
+  static const struct { const char *value; gint64 start; } cases[] = {
+    { "0000000000000000", 0 },
+    { "00000000000ABCDE", 0xABCDE },
+    { "----------------", -1 },
+    { "000000000000----", -1 },     /* torn: the new value half written */
+    { "--------00001234", -1 },
+    { "8000000000000000", -1 },     /* past G_MAXINT64 */
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      g_autofree char *file = g_strdup_printf ("GUILLEMOT-QUEUE 1\nI A\nA 1\nC \nH \nP \nS \n"
+                                               "RP a@x\nT mbox /m\nO %s\nM 0\n", cases[i].value);
+      g_autoptr (GError) error = NULL;
+      g_autoptr (GmEnvelope) env = gm_spool_parse (file, strlen (file), NULL, &error);
+      g_assert_no_error (error);
+      const GmSpoolRcpt *r = g_ptr_array_index (env->rcpts, 0);
+      g_assert_cmpint (r->append_start, ==, cases[i].start);
+      g_assert_cmpint (r->append_offset, ==, strstr (file, "\nO ") - file + 3);
+    }
+  /* A file from before O records: no journal for its mbox recipient. */
+  static const char old[] = "GUILLEMOT-QUEUE 1\nI A\nA 1\nC \nH \nP \nS \nRP a@x\nT mbox /m\nM 0\n";
+  g_autoptr (GmEnvelope) old_env = gm_spool_parse (old, strlen (old), NULL, NULL);
+  g_assert_nonnull (old_env);
+  const GmSpoolRcpt *old_rcpt = g_ptr_array_index (old_env->rcpts, 0);
+  g_assert_cmpint (old_rcpt->append_offset, ==, 0);
+  g_assert_cmpint (old_rcpt->append_start, ==, -1);
+
+  static const char *const bad[] = {
+    "RP a@x\nT maildir /m\nO ----------------\n",
+    "RP a@x\nT mbox /m\nO ----------------\nO ----------------\n",
+    "O ----------------\nRP a@x\nT mbox /m\n",
+    "RP a@x\nT mbox /m\nO ---------------\n",
+    "RP a@x\nT mbox /m\nO -----------------\n",
+    "RP a@x\nT mbox /m\nO 00000000000abcde\n",
+    "RP a@x\nT mbox /m\nO 0000000000000 00\n",
+    "RP a@x\nT mbox /m\nO\n",
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS (bad); i++)
+    {
+      g_autofree char *file = g_strdup_printf ("GUILLEMOT-QUEUE 1\nI A\nA 1\nC \nH \nP \nS \n%sM 0\n",
+                                               bad[i]);
+      g_autoptr (GError) error = NULL;
+      g_autoptr (GmEnvelope) env = gm_spool_parse (file, strlen (file), NULL, &error);
+      if (env)
+        g_error ("case %" G_GSIZE_FORMAT " parsed: %s", i, file);
+      g_assert_error (error, GM_SPOOL_ERROR, GM_SPOOL_ERROR_CORRUPT);
+    }
+}
+
 /* ---- Write failures leave nothing behind ---- */
 
 static void
@@ -286,7 +409,8 @@ valid_file (gsize *len)
   g_autoptr (GmEnvelope) env = make_envelope (2);
   g_autoptr (GString) file = g_string_new (NULL);
   g_string_append_printf (file, "GUILLEMOT-QUEUE 1\nI %s\nA 1795608000\nC c\nH h\nP ESMTP\nS s@x\n"
-                          "RP a@x\nT maildir /m/a\nRD b@x\nT mbox /m/b\nM 6\nhello\n", env->id);
+                          "RP a@x\nT maildir /m/a\nRD b@x\nT mbox /m/b\nO 00000000000012AB\nM 6\nhello\n",
+                          env->id);
   *len = file->len;
   return g_string_free (g_steal_pointer (&file), FALSE);
 }
@@ -305,6 +429,7 @@ test_parse_valid (void)
   g_assert_cmpint (b->transport, ==, GM_TRANSPORT_MBOX);
   g_assert_cmpstr (b->destination, ==, "/m/b");
   g_assert_cmpint (data[b->status_offset], ==, 'D');
+  g_assert_cmpint (b->append_start, ==, 0x12AB);
   g_assert_cmpmem (data + offset, len - offset, "hello\n", 6);
 }
 
@@ -614,6 +739,9 @@ main (int argc, char **argv)
   g_test_add_func ("/spool/null-sender-empty-message", test_null_sender_empty_message);
   g_test_add_func ("/spool/marks-survive-reopen", test_marks_survive_reopen);
   g_test_add_func ("/spool/remove", test_remove);
+  g_test_add_func ("/spool/append/record-written", test_append_record_written);
+  g_test_add_func ("/spool/append/noted-in-place", test_append_noted_in_place);
+  g_test_add_func ("/spool/parse/append-records", test_parse_append_records);
   g_test_add_func ("/spool/write-refuses-bad-envelope", test_write_refuses_bad_envelope);
   g_test_add_func ("/spool/write-never-replaces", test_write_never_replaces);
   g_test_add_func ("/spool/parse/valid", test_parse_valid);
