@@ -292,9 +292,12 @@ append_record (GString *records, const char *tag, const char *value)
 }
 
 /* The records in front of the message; fills each recipient's status_offset. */
-static GString *
-format_records (GmEnvelope *env, gsize message_len)
+GString *
+gm_spool_format (GmEnvelope *env, gsize message_len, GError **error)
 {
+  g_return_val_if_fail (env != NULL, NULL);
+  if (!envelope_is_writable (env, error))
+    return NULL;
   GString *records = g_string_sized_new (256 + 128 * env->rcpts->len);
   g_string_append (records, QUEUE_MAGIC "\n");
   append_record (records, "I", env->id);
@@ -447,10 +450,9 @@ gm_spool_write (const char *state_dir, GmEnvelope *env, const char *header, gsiz
   g_return_val_if_fail (state_dir != NULL && env != NULL, FALSE);
   g_return_val_if_fail (header != NULL || header_len == 0, FALSE);
   g_return_val_if_fail (body != NULL || body_len == 0, FALSE);
-  if (!envelope_is_writable (env, error))
+  g_autoptr (GString) records = gm_spool_format (env, header_len + body_len, error);
+  if (!records)
     return FALSE;
-
-  g_autoptr (GString) records = format_records (env, header_len + body_len);
   g_autofree char *incoming_dir = spool_path (state_dir, "incoming", NULL);
   g_autofree char *free_dir = spool_path (state_dir, "free", NULL);
   /* A quarantined message goes to quarantine/NAME/ instead of queue/. */
