@@ -41,11 +41,14 @@ gm_path_to_string (const GmPath *path)
   return g_string_free (s, FALSE);
 }
 
-/* RFC 5322 atext, plus UTF-8 bytes (validated as a whole later). */
+/* RFC 5322 atext, plus UTF-8 bytes (validated as a whole later). Not NUL:
+ * strchr finds the terminator of its set, and the local-part scan would run
+ * past the end of the line (found by tests/fuzz/fuzz-address.c). */
 static gboolean
 is_atext (guchar c)
 {
-  return g_ascii_isalnum (c) || strchr ("!#$%&'*+-/=?^_`{|}~", c) != NULL || c >= 0x80;
+  return g_ascii_isalnum (c) || (c != '\0' && strchr ("!#$%&'*+-/=?^_`{|}~", c) != NULL)
+    || c >= 0x80;
 }
 
 static gboolean
