@@ -137,6 +137,13 @@ gm_valid_domain (const char *s, gsize len, const char **reason)
       *reason = "empty domain";
       return FALSE;
     }
+  /* RFC 5321 §4.5.3.1.2 bounds "a domain name or number": address literals
+   * too, or an EHLO literal of any length would go into Received:. */
+  if (len > MAX_DOMAIN)
+    {
+      *reason = "domain longer than 255 octets";
+      return FALSE;
+    }
   if (s[0] == '[')
     {
       if (len == 2 && s[1] == ']')
@@ -150,11 +157,6 @@ gm_valid_domain (const char *s, gsize len, const char **reason)
           return FALSE;
         }
       return valid_address_literal (s, len, reason);
-    }
-  if (len > MAX_DOMAIN)
-    {
-      *reason = "domain longer than 255 octets";
-      return FALSE;
     }
   gsize label = 0;
   for (gsize i = 0; i <= len; i++)

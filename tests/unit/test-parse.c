@@ -509,6 +509,12 @@ test_domain_length (void)
   g_assert_cmpuint (strlen (d256), ==, 256);
   assert_domain_ok (d255);
   assert_domain_fails (d256, "domain longer than 255 octets");
+  /* Address literals too (found by fuzz-address). */
+  g_autofree char *l255 = g_strdup_printf ("[x-tag:%0247d]", 0);
+  g_autofree char *l256 = g_strdup_printf ("[x-tag:%0248d]", 0);
+  g_assert_cmpuint (strlen (l255), ==, 255);
+  assert_domain_ok (l255);
+  assert_domain_fails (l256, "domain longer than 255 octets");
 }
 
 static void
