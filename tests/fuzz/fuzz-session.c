@@ -116,6 +116,7 @@ record_message (Run *r, GmSession *s)
   /* The Received: header ends with the date: leave it out. */
   const char *date = strrchr (header->str, ';');
   g_string_append_len (r->events, header->str, date ? date - header->str : (gssize) header->len);
+  g_string_append (r->events, "\n--- body\n");
   g_string_append_len (r->events, body->str, body->len);
 }
 
@@ -216,7 +217,8 @@ settle (Run *r, GmSession *s, GmSessionAction action, FuzzRng *cuts, const uint8
       if (cuts && *data < end && fuzz_rng_next (cuts) % 4 == 0)
         {
           /* The server stops reading meanwhile, but bytes already read are fed. */
-          gsize n = MIN ((gsize) (end - *data), 1 + fuzz_rng_next (cuts) % 32);
+          gsize n = 1 + fuzz_rng_next (cuts) % 32;
+          n = MIN (n, (gsize) (end - *data));
           FUZZ_CHECK (gm_session_feed (s, (const char *) *data, n) == GM_SESSION_WANT_INPUT,
                       "feed while busy");
           *data += n;
