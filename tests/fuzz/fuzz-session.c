@@ -249,6 +249,12 @@ run_session (Run *r, const uint8_t *data, const uint8_t *end, guint32 seed, gboo
       data += n;
       action = settle (r, s, action, cut ? &cuts : NULL, &data, end);
     }
+  if (action == GM_SESSION_CLOSE && data < end)
+    {
+      /* Bytes that arrive after the close are never answered. */
+      FUZZ_CHECK (gm_session_feed (s, (const char *) data, end - data) == GM_SESSION_CLOSE
+                  && gm_session_output (s)->len == 0, "input after the close was answered");
+    }
   if (action != GM_SESSION_CLOSE)
     {
       /* The client stopped talking: the server times it out. */
