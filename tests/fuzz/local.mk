@@ -9,7 +9,8 @@
 ## tests/fuzz/build/ (its own build of the library sources it needs) and runs
 ## it for FUZZ_TIME seconds on its corpus; new inputs go to
 ## tests/fuzz/build/corpus/TARGET/, crashes to tests/fuzz/build/TARGET-crash-*.
-## `make fuzz-merge` adds the new inputs that reach new code to the corpora.
+## `make fuzz-merge` adds the new inputs that reach new code to the corpora
+## (new edges only, not new hit counts: the corpora stay small).
 
 fuzz_targets = address command session queue-file headers
 
@@ -81,7 +82,7 @@ fuzz: $(FUZZ_TARGETS:%=$(fuzz_dir)/fuzz-%)
 fuzz-merge: $(FUZZ_TARGETS:%=$(fuzz_dir)/fuzz-%)
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  $(MKDIR_P) $(fuzz_dir)/corpus/$$t; \
-	  $(fuzz_env) $(fuzz_dir)/fuzz-$$t -merge=1 `$(fuzz_options)` \
+	  $(fuzz_env) $(fuzz_dir)/fuzz-$$t -merge=1 -use_counters=0 `$(fuzz_options)` \
 	    $(srcdir)/tests/fuzz/corpus/$$t $(fuzz_dir)/corpus/$$t; \
 	done
 
