@@ -10,7 +10,6 @@
 #include <string.h>
 
 #define MAX_LOCAL 64
-#define MAX_DOMAIN 255
 #define MAX_PATH 256
 
 void
@@ -139,7 +138,7 @@ gm_valid_domain (const char *s, gsize len, const char **reason)
     }
   /* RFC 5321 §4.5.3.1.2 bounds "a domain name or number": address literals
    * too, or an EHLO literal of any length would go into Received:. */
-  if (len > MAX_DOMAIN)
+  if (len > GM_MAX_DOMAIN)
     {
       *reason = "domain longer than 255 octets";
       return FALSE;
