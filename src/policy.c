@@ -85,7 +85,9 @@ header_section_length (const GString *body)
 {
   if (body->len > 0 && body->str[0] == '\n')
     return 0;
-  const char *end = g_strstr_len (body->str, body->len, "\n\n");
+  /* memmem: g_strstr_len stops at a NUL, and a NUL in a header made the
+   * body count as headers (found by tests/fuzz/fuzz-headers.c). */
+  const char *end = memmem (body->str, body->len, "\n\n", 2);
   return end ? (gsize) (end - body->str) + 1 : body->len;
 }
 

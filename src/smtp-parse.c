@@ -10,7 +10,6 @@
 #include <string.h>
 
 #define MAX_LOCAL 64
-#define MAX_DOMAIN 255
 #define MAX_PATH 256
 
 void
@@ -41,11 +40,14 @@ gm_path_to_string (const GmPath *path)
   return g_string_free (s, FALSE);
 }
 
-/* RFC 5322 atext, plus UTF-8 bytes (validated as a whole later). */
+/* RFC 5322 atext, plus UTF-8 bytes (validated as a whole later). Not NUL:
+ * strchr finds the terminator of its set, and the local-part scan would run
+ * past the end of the line (found by tests/fuzz/fuzz-address.c). */
 static gboolean
 is_atext (guchar c)
 {
-  return g_ascii_isalnum (c) || strchr ("!#$%&'*+-/=?^_`{|}~", c) != NULL || c >= 0x80;
+  return g_ascii_isalnum (c) || (c != '\0' && strchr ("!#$%&'*+-/=?^_`{|}~", c) != NULL)
+    || c >= 0x80;
 }
 
 static gboolean
@@ -134,6 +136,13 @@ gm_valid_domain (const char *s, gsize len, const char **reason)
       *reason = "empty domain";
       return FALSE;
     }
+  /* RFC 5321 §4.5.3.1.2 bounds "a domain name or number": address literals
+   * too, or an EHLO literal of any length would go into Received:. */
+  if (len > GM_MAX_DOMAIN)
+    {
+      *reason = "domain longer than 255 octets";
+      return FALSE;
+    }
   if (s[0] == '[')
     {
       if (len == 2 && s[1] == ']')
@@ -147,11 +156,6 @@ gm_valid_domain (const char *s, gsize len, const char **reason)
           return FALSE;
         }
       return valid_address_literal (s, len, reason);
-    }
-  if (len > MAX_DOMAIN)
-    {
-      *reason = "domain longer than 255 octets";
-      return FALSE;
     }
   gsize label = 0;
   for (gsize i = 0; i <= len; i++)

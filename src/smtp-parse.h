@@ -43,8 +43,11 @@ gboolean gm_parse_path_and_params (char *line, GmPathFlags flags, GmPath *path,
                                    GmParam *params, guint *n_params, const char **reason,
                                    gboolean *params_failed);
 
+/* RFC 5321 §4.5.3.1.2: the longest domain name or address literal. */
+#define GM_MAX_DOMAIN 255
+
 /* Dot-atom domain (LDH labels or UTF-8 U-labels) or address literal, as in
- * EHLO and in addresses. */
+ * EHLO and in addresses, at most GM_MAX_DOMAIN octets. */
 gboolean gm_valid_domain (const char *s, gsize len, const char **reason);
 
 /* Is S 1 to 20 digits whose value fits 64 bits? For SIZE= and BDAT. */

@@ -59,6 +59,9 @@ gm_reply_code (GmReplyKind kind)
   return replies[kind].code;
 }
 
+/* RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, CRLF included. */
+#define MAX_REPLY_LINE 512
+
 void
 gm_reply_with_code (GString *out, guint code, const char *esc, const char *text)
 {
@@ -66,6 +69,15 @@ gm_reply_with_code (GString *out, guint code, const char *esc, const char *text)
     {
       const char *nl = strchr (text, '\n');
       gsize len = nl ? (gsize) (nl - text) : strlen (text);
+      /* Text that echoes the client (a parameter keyword can fill a whole
+       * command line) is cut to fit, at a character boundary. */
+      gsize room = MAX_REPLY_LINE - strlen ("NNN \r\n") - (esc ? strlen (esc) + 1 : 0);
+      if (len > room)
+        {
+          len = room;
+          while (len > 0 && ((guchar) text[len] & 0xc0) == 0x80)
+            len--;
+        }
       g_string_append_printf (out, "%u%c", code, nl ? '-' : ' ');
       if (esc)
         g_string_append_printf (out, "%s ", esc);

@@ -483,10 +483,13 @@ static gboolean
 valid_helo_name (const char *arg)
 {
   const char *reason;
-  if (gm_valid_domain (arg, strlen (arg), &reason))
+  gsize len = strlen (arg);
+  if (gm_valid_domain (arg, len, &reason))
     return TRUE;
-  /* Accept the underscores that some clients put in their host names. */
-  if (!*arg)
+  /* Accept the underscores that some clients put in their host names, in
+   * at most a domain's octets: the name goes into the Received: line, which
+   * must stay under RFC 5322's 998 (found by fuzz-session). */
+  if (!*arg || len > GM_MAX_DOMAIN)
     return FALSE;
   for (const char *p = arg; *p; p++)
     if (!g_ascii_isalnum (*p) && *p != '-' && *p != '.' && *p != '_')

@@ -310,9 +310,12 @@ format_append_start (GString *out, gint64 start)
 
 /* The records in front of the message; fills each recipient's status_offset
  * and append_offset. */
-static GString *
-format_records (GmEnvelope *env, gsize message_len)
+GString *
+gm_spool_format (GmEnvelope *env, gsize message_len, GError **error)
 {
+  g_return_val_if_fail (env != NULL, NULL);
+  if (!envelope_is_writable (env, error))
+    return NULL;
   GString *records = g_string_sized_new (256 + 128 * env->rcpts->len);
   g_string_append (records, QUEUE_MAGIC "\n");
   append_record (records, "I", env->id);
@@ -355,7 +358,6 @@ format_records (GmEnvelope *env, gsize message_len)
   return records;
 }
 
-/* Create PATH with the records and the message, durably. On failure PATH is gone. */
 /* ---- Recycled queue files ----
  *
  * A delivered queue file is not unlinked but renamed into free/ and
@@ -527,9 +529,12 @@ spool_write_to (const char *state_dir, GmEnvelope *env, const char *queue_dir,
                 const char *queued, gboolean replace, const char *header, gsize header_len,
                 const char *body, gsize body_len, GError **error)
 {
-  if (!envelope_is_writable (env, error))
+  g_return_val_if_fail (state_dir != NULL && env != NULL, FALSE);
+  g_return_val_if_fail (header != NULL || header_len == 0, FALSE);
+  g_return_val_if_fail (body != NULL || body_len == 0, FALSE);
+  g_autoptr (GString) records = gm_spool_format (env, header_len + body_len, error);
+  if (!records)
     return FALSE;
-  g_autoptr (GString) records = format_records (env, header_len + body_len);
   g_autofree char *incoming_dir = spool_path (state_dir, "incoming", NULL);
   g_autofree char *free_dir = spool_path (state_dir, "free", NULL);
   g_autofree char *incoming = NULL;

@@ -99,6 +99,13 @@ gboolean gm_spool_write (const char *state_dir, GmEnvelope *env,
                          const char *header, gsize header_len,
                          const char *body, gsize body_len, GError **error);
 
+/* The records that start the queue file of ENV with a message of
+ * MESSAGE_LEN bytes: what gm_spool_write writes before the message (and
+ * gm_spool_parse reads back). Fills each recipient's status_offset. NULL with
+ * GM_SPOOL_ERROR_IO when ENV cannot be spooled (bad id, LF in a field,
+ * relative destination...). For gm_spool_write, tests and fuzz targets. */
+GString *gm_spool_format (GmEnvelope *env, gsize message_len, GError **error);
+
 /* An open queue file, for delivery. */
 typedef struct
 {

@@ -509,6 +509,12 @@ test_domain_length (void)
   g_assert_cmpuint (strlen (d256), ==, 256);
   assert_domain_ok (d255);
   assert_domain_fails (d256, "domain longer than 255 octets");
+  /* Address literals too (found by fuzz-address). */
+  g_autofree char *l255 = g_strdup_printf ("[x-tag:%0247d]", 0);
+  g_autofree char *l256 = g_strdup_printf ("[x-tag:%0248d]", 0);
+  g_assert_cmpuint (strlen (l255), ==, 255);
+  assert_domain_ok (l255);
+  assert_domain_fails (l256, "domain longer than 255 octets");
 }
 
 static void
@@ -627,6 +633,20 @@ test_decimal_twenty_digits (void)
   g_assert_cmpuint (v, ==, G_GUINT64_CONSTANT (10000000000000000000));
 }
 
+/* The parser stops at the line's NUL: the session cuts a line there, with
+ * the next pipelined command right behind it (found by fuzz-address). */
+static void
+test_path_stops_at_nul (void)
+{
+  char line[] = "<alice\0@example.test>";
+  GmPath path;
+  GmParam params[GM_MAX_PARAMS];
+  guint n_params;
+  const char *reason = NULL;
+  g_assert_false (gm_parse_path_and_params (line, RCP, &path, params, &n_params, &reason, NULL));
+  g_assert_cmpstr (reason, ==, "invalid character in local part");
+}
+
 static void
 test_decimal_no_wrap (void)
 {
@@ -659,6 +679,7 @@ main (int argc, char **argv)
   g_test_add_func ("/parse/path/address-literal", test_path_address_literal);
   g_test_add_func ("/parse/path/utf8", test_path_utf8);
   g_test_add_func ("/parse/path/length-limits", test_path_length_limits);
+  g_test_add_func ("/parse/path/stops-at-nul", test_path_stops_at_nul);
   g_test_add_func ("/parse/params/valid", test_params_valid);
   g_test_add_func ("/parse/params/limit", test_params_limit);
   g_test_add_func ("/parse/params/errors", test_params_errors);
