@@ -301,7 +301,15 @@ main (int argc, char **argv)
       return 2;
     }
   g_ptr_array_add (inv.overrides, NULL);       /* a NULL-terminated list from here on */
+  /* scm_with_guile returns NULL, after printing it, when a Scheme error
+   * escapes: that is a failure, never a clean exit. */
+  inv.status = -1;
   scm_with_guile (run_with_guile, &inv);
   g_ptr_array_free (inv.overrides, TRUE);
+  if (inv.status == -1)
+    {
+      gm_log (NULL, "fatal: a Scheme error escaped (printed above); exiting with status 70");
+      return 70;
+    }
   return inv.status;
 }

@@ -557,10 +557,12 @@ static SessionPolicy *
 policy_new (void)
 {
   SessionPolicy *sp = g_new0 (SessionPolicy, 1);
-  sp->cell = scm_c_make_vector (CELL_SIZE, SCM_BOOL_F);
+  /* Protected before anything else is allocated: the collector does not
+   * scan SP (g_malloc memory), so a collection would free an unprotected
+   * cell under us. */
+  sp->cell = scm_gc_protect_object (scm_c_make_vector (CELL_SIZE, SCM_BOOL_F));
   scm_c_vector_set_x (sp->cell, CELL_VARS, scm_c_make_hash_table (8));
   scm_c_vector_set_x (sp->cell, CELL_RULES, current_rules);
-  scm_gc_protect_object (sp->cell);
   sp->stage_mask = current_mask;
   return sp;
 }
