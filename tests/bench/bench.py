@@ -37,7 +37,7 @@ import tempfile
 import time
 
 from common import (CLIENT_NAME, RECIPIENT, SENDER, MemorySampler, env_float, env_int, env_list,
-                    free_port, human_size, last_ctime, proc_cpu_seconds, proc_status, say)
+                    free_port, human_size, last_ctime, proc_cpu_seconds, proc_status, say, stop)
 import guillemot
 import idle
 import postfix
@@ -95,6 +95,11 @@ class Bench:
         self.sample = max(0.01, env_float("BENCH_SAMPLE", 0.1))
         self.idle_count = env_int("BENCH_IDLE", 10000, minimum=0)
         self.idle_postfix = env_int("BENCH_IDLE_POSTFIX", 50, minimum=0)
+        self.profile = os.environ.get("BENCH_PROFILE") or ""
+        if self.profile:
+            self.profile = os.path.abspath(self.profile)
+            if not shutil.which("perf"):
+                sys.exit("bench: BENCH_PROFILE needs perf (Debian package linux-perf)")
         self.results_dir = os.path.abspath(os.environ.get("BENCH_RESULTS")
                                            or os.path.join(self.top_srcdir, "tests", "bench",
                                                            "results"))
@@ -231,17 +236,21 @@ class Bench:
         port = free_port()
         server = self.new_server(system, scenario, config, run_dir, port)
         row = {"run_id": self.run_id, "system": server.name,
-               "config": config if system == "guillemot" else "",
+               "config": config_label(config) if system == "guillemot" else "",
                "scenario": scenario, "size": size, "sessions": sessions, "mode": mode,
                "messages": self.messages, "rep": rep,
                "binary_sha": self.binary_sha if system == "guillemot" else ""}
         try:
             server.start(self.spawn, self.env)
             row["start_rss_kb"] = sum(proc_status(p).get("VmRSS", 0) for p in server.pids())
+            perf = self.start_perf(server, row) if system == "guillemot" else None
             with MemorySampler(server.pids, self.sample) as mem:
                 self.measure(server, row, port, size, sessions, mode, run_dir)
                 row["server_cpu_s"] = cpu_seconds(server)
                 hwm = server.peak_rss_kb() if system != "postfix" else None
+            if perf:
+                stop(perf, sig=signal.SIGINT)
+                self.procs.remove(perf)
             row["peak_rss_kb"] = hwm or mem.peak_rss
             row["peak_pss_kb"] = mem.peak_pss
             row["peak_procs"] = mem.peak_procs
@@ -267,6 +276,20 @@ class Bench:
             row["_kept"] = server.keep_files(prefix)
         # Deleting thousands of files now would slow the next run's file creation
         # (ext4 skips recently freed inodes): the whole directory goes at the end.
+
+    def start_perf(self, server, row):
+        """With BENCH_PROFILE=DIR, records the server with perf into DIR."""
+        if not self.profile:
+            return None
+        os.makedirs(self.profile, exist_ok=True)
+        name = (f"perf-{self.stamp}-{row['config']}-{row['scenario']}-{row['size']}-"
+                f"s{row['sessions']}-{row['mode']}-{row['rep']}.data")
+        perf = self.spawn(["perf", "record", "-F", "999", "-g", "-o",
+                           os.path.join(self.profile, name), "-p", str(server.proc.pid)],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+        time.sleep(0.5)    # perf attaches to every thread before the load starts
+        return perf
 
     def measure(self, server, row, port, size, sessions, mode, run_dir):
         t0, t1, status, err = self.run_source(port, size, sessions, mode, run_dir)
@@ -340,7 +363,8 @@ class Bench:
         config = "none" if "none" in self.config_files else self.configs[0]
         server = self.new_server(system, "queue", config, run_dir, port)
         row = {"run_id": self.run_id, "system": server.name, "scenario": "idle",
-               "config": config if system == "guillemot" else "", "connections": count,
+               "config": config_label(config) if system == "guillemot" else "",
+               "connections": count,
                "warm": min(100, max(1, count // 5))}
         try:
             server.start(self.spawn, self.env)
@@ -374,6 +398,8 @@ class Bench:
         say(f"  {self.runs} run(s) per point; sizes {' '.join(human_size(s) for s in self.sizes)}; "
             f"sessions {' '.join(map(str, self.sessions))}; modes {' '.join(self.modes)}; "
             f"{os.cpu_count()} CPU(s)")
+        if self.profile:
+            say(f"  profiling Guillemot with perf into {self.profile}: its numbers are slowed")
         say()
         entries = []
         for system in self.systems:
@@ -406,6 +432,12 @@ class Bench:
         say()
         for line in lines:
             say(line)
+
+
+def config_label(name):
+    """none, policy, or a file's name without directory and .scm."""
+    base = os.path.basename(name)
+    return base[:-4] if base.endswith(".scm") else base
 
 
 def cpu_seconds(server):
