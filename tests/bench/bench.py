@@ -37,7 +37,8 @@ import tempfile
 import time
 
 from common import (CLIENT_NAME, RECIPIENT, SENDER, MemorySampler, env_float, env_int, env_list,
-                    free_port, human_size, last_ctime, proc_cpu_seconds, proc_status, say, stop)
+                    Reaper, free_port, human_size, last_ctime, proc_cpu_seconds, proc_status,
+                    say, stop)
 import guillemot
 import idle
 import postfix
@@ -120,16 +121,19 @@ class Bench:
                                          "scheme"))
         self.env.setdefault("GUILE_AUTO_COMPILE", "0")
         self.tmp = None
+        self.reaper = None
         self.procs = []
         self.servers = []
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self.run_id = self.started.strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.stamp = self.started.strftime("%Y-%m-%d-%H%M%S")
         self.rows, self.idle, self.failures = [], [], []
 
     # -- set-up and clean-up ------------------------------------------------
 
     def setup(self):
         self.tmp = tempfile.mkdtemp(prefix="guillemot-bench.")
+        self.reaper = Reaper(self.tmp)
         os.chmod(self.tmp, 0o755)    # Postfix's daemons run as postfix and nobody
         # Benchmark one binary for the whole run even if the tree is rebuilt meanwhile.
         with open(self.guillemot, "rb") as f:
@@ -175,13 +179,25 @@ class Bench:
                 p.kill()
                 p.wait()
         self.servers, self.procs = [], []
+        if self.reaper:
+            self.reaper.close()
         if self.tmp and os.path.isdir(self.tmp):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def spawn(self, argv, **kw):
+        """Starts a process in a process group of its own, which the reaper
+        kills should the benchmark die without cleaning up."""
+        kw.setdefault("start_new_session", True)
         p = subprocess.Popen(argv, **kw)
         self.procs.append(p)
+        self.reaper.watch(p.pid)
         return p
+
+    def reaped(self, p):
+        """P has ended: forget it."""
+        if p in self.procs:
+            self.procs.remove(p)
+        self.reaper.forget(p.pid)
 
     def new_server(self, system, scenario, config, run_dir, port):
         if system == "guillemot":
@@ -200,8 +216,8 @@ class Bench:
         status = server.stop()
         if server in self.servers:
             self.servers.remove(server)
-        if server.proc in self.procs:
-            self.procs.remove(server.proc)
+        if server.proc is not None:
+            self.reaped(server.proc)
         return status
 
     # -- smtp-source --------------------------------------------------------
@@ -222,7 +238,7 @@ class Bench:
                 p.wait()
                 status = "timeout"
             t1 = time.time()
-            self.procs.remove(p)
+            self.reaped(p)
         with open(err_path, errors="replace") as f:
             lines = f.read().strip().splitlines()
         return t0, t1, status, lines[-1] if lines else ""
@@ -250,7 +266,7 @@ class Bench:
                 hwm = server.peak_rss_kb() if system != "postfix" else None
             if perf:
                 stop(perf, sig=signal.SIGINT)
-                self.procs.remove(perf)
+                self.reaped(perf)
             row["peak_rss_kb"] = hwm or mem.peak_rss
             row["peak_pss_kb"] = mem.peak_pss
             row["peak_procs"] = mem.peak_procs
@@ -387,7 +403,6 @@ class Bench:
 
     def main(self):
         self.setup()
-        self.stamp = f"{self.started:%Y-%m-%d-%H%M%S}"
         say(f"Guillemot / Postfix benchmark {self.run_id}"
             + (" (BENCH_FULL)" if self.full else ""))
         say(f"  guillemot   {self.guillemot} (sha256 {self.binary_sha}); configs "

@@ -107,6 +107,57 @@ def tail_of(path, n=15):
 # Processes
 
 
+REAPER = """
+import os, shutil, signal, sys, time
+groups = set()
+for line in sys.stdin:
+    pgid = int(line)
+    if pgid > 0:
+        groups.add(pgid)
+    else:
+        groups.discard(-pgid)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+        except OSError:
+            pass
+    if groups and sig == signal.SIGTERM:
+        time.sleep(2)
+if len(sys.argv) > 1:
+    shutil.rmtree(sys.argv[1], ignore_errors=True)
+"""
+
+
+class Reaper:
+    """A watchdog for the processes the benchmark starts, each in a process
+    group of its own: should the benchmark die without cleaning up (SIGKILL),
+    the watchdog reads end-of-file on its pipe, kills the groups still
+    registered and removes the directory TMP. (PR_SET_PDEATHSIG would not do:
+    Postfix's master and smtp-sink change their user ids, which clears it.)"""
+
+    def __init__(self, tmp):
+        self.proc = subprocess.Popen([sys.executable, "-c", REAPER, tmp], stdin=subprocess.PIPE,
+                                     start_new_session=True)
+
+    def watch(self, pgid):
+        self._send(pgid)
+
+    def forget(self, pgid):
+        self._send(-pgid)
+
+    def _send(self, n):
+        if self.proc.stdin:
+            self.proc.stdin.write(f"{n}\n".encode())
+            self.proc.stdin.flush()
+
+    def close(self):
+        if self.proc.stdin:
+            self.proc.stdin.close()
+            self.proc.stdin = None
+            self.proc.wait()
+
+
 def stop(proc, timeout=40.0, sig=signal.SIGTERM):
     """SIG (SIGTERM), then SIGKILL if it does not go. Returns the exit status."""
     if proc.poll() is None:
