@@ -71,7 +71,7 @@ def table(b):
            "peak RSS: Guillemot's VmHWM, Postfix's summed over its processes (shared pages "
            "counted in each); PSS: shared pages divided (median of the sampled peaks)"]
     head = (f"{'scenario':8} {'size':>6} {'sess':>4} {'mode':5} {'system':18} {'msg/s':>19} "
-            f"{'accepted msg/s':>19} {'peak RSS MiB':>13} {'PSS MiB':>8} {'x Postfix':>9} {'% sink':>7}")
+            f"{'accepted msg/s':>19} {'peak RSS MiB':>19} {'PSS MiB':>8} {'x Postfix':>9} {'% sink':>7}")
     out += ["", head, "-" * len(head)]
     for scenario, size, sessions, mode in points(b):
         rows = of_point(b.rows, scenario, size, sessions, mode)
@@ -102,7 +102,7 @@ def table(b):
                     else " " * 26)
             first = False
             out.append(f"{lead} {name:18} {spread(done):>19} {acc:>19} "
-                       f"{spread(rss, '{:.1f}'):>13} {median_of(pss):>8} {vs_pf:>9} {vs_sink:>7}")
+                       f"{spread(rss, '{:.1f}'):>19} {median_of(pss):>8} {vs_pf:>9} {vs_sink:>7}")
     out += idle_lines(b.idle)
     out += notes(b)
     return [line.rstrip() for line in out]
@@ -187,7 +187,10 @@ def chart(b, png_path):
     if not lines:
         return "no completed runs"
     values = [float(v) for line in lines for v in line.split("\t")[1:] if v != "NaN"]
-    low, high = max(1.0, min(values) / 2), max(values) * 1.5
+    low, high = max(1.0, min(values) / 1.5), max(values) * 1.3
+    # Log scale: a tic at every 1, 2 and 5 times a power of ten in range.
+    tics = [m * 10 ** e for e in range(7) for m in (1, 2, 5) if low <= m * 10 ** e <= high]
+    ytics = ", ".join(f'"{t}" {t}' for t in tics)
     dat = png_path[:-4] + ".dat"
     with open(dat, "w") as f:
         f.write("# point\t" + "\t".join(f"{n} median\tmin\tmax" for n in names) + "\n")
@@ -207,6 +210,7 @@ set style histogram errorbars gap 1 lw 1
 set style fill solid 0.7 border -1
 set logscale y
 set ylabel "messages per second (log scale)"
+set ytics ({ytics})
 set grid ytics
 set xtics rotate by -30 nomirror
 set key outside right top
