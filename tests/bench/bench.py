@@ -358,7 +358,8 @@ class Bench:
             parts.append(f"{row['done_mps']:.0f} msg/s ({row['done_s']:.2f}s)")
             if row["scenario"] == "deliver" and row["system"] != "smtp-sink":
                 parts.append(f"accepted {row['accepted_mps']:.0f} msg/s")
-        else:
+        if row.get("note") or not row.get("done_mps"):
+            # A server that died counts even when its messages were all done.
             problem = row.get("note") or f"{row.get('done_count')}/{self.messages} done"
             parts.append(f"INCOMPLETE: {problem}")
             self.failures.append(f"{what}: {problem}")

@@ -290,11 +290,3 @@ class Postfix:
                 kept.append(f"{dest_prefix}-{suffix}")
         return kept
 
-
-def wait_gone(pids, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(os.path.exists(f"/proc/{p}") for p in pids):
-            return True
-        time.sleep(0.05)
-    return False
