@@ -43,6 +43,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP_SRCDIR = os.path.abspath(os.environ.get("top_srcdir") or os.path.join(HERE, "..", ".."))
 TOP_BUILDDIR = os.path.abspath(os.environ.get("top_builddir") or TOP_SRCDIR)
 GUILLEMOT = os.environ.get("GUILLEMOT") or os.path.join(TOP_BUILDDIR, "guillemot")
+
+
+def _sanitized():
+    """Is the server built with AddressSanitizer (./configure --enable-sanitizers)?"""
+    try:
+        with open(GUILLEMOT, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
+
+
+# Under ASan the allocator keeps freed memory in quarantine and adds shadow
+# memory: resident sizes say nothing about the server's own use then.
+SANITIZED = _sanitized()
 EXAMPLES = os.path.join(TOP_SRCDIR, "examples")
 QUICKSTART = os.path.join(EXAMPLES, "quickstart.scm")
 MBOX_CONFIG = os.path.join(EXAMPLES, "mbox.scm")

@@ -300,10 +300,15 @@ def _():
     srv = start(GENERATION % 0)
     errors, sent = [], []
     lock = threading.Lock()
+    reloads_done = threading.Event()
 
     def client(t):
         try:
-            for conn in range(2):
+            # Two connections at least, and on until the reloads are done
+            # (a slow build, under sanitizers, reloads slowly).
+            conn = 0
+            while conn < 2 or (not reloads_done.is_set() and conn < 100):
+                conn += 1
                 c = srv.connect(timeout=30)
                 c.ehlo(HELO)
                 for m in range(5):
@@ -331,10 +336,11 @@ def _():
             before = len(re.findall(r"reloaded ", srv.log_text()))
             srv.signal(signal.SIGHUP)
             srv.wait_log(r"reloaded ", count=before + 1)
+    reloads_done.set()
     for th in threads:
         th.join(60)
     assert not errors, "clients failed:\n" + "\n".join(errors)
-    assert_equal(len(sent), 100, "messages acknowledged")
+    assert len(sent) >= 100, "%d messages acknowledged, expected at least 100" % len(sent)
     assert_equal(len(re.findall(r"reloaded %s" % re.escape(srv.config), srv.log_text())), 10,
                  "reloads logged")
     generations = {}
