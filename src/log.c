@@ -46,9 +46,13 @@ log_line (const char *queue_id, const char *fmt, va_list ap)
   gmtime_r (&secs, &tm);
   strftime (stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
 
+  /* The server never forks: its pid is asked once, not per line (a system call). */
+  static int pid;
+  if (!pid)
+    pid = getpid ();
   GString *line = g_string_sized_new (160);
   g_string_append_printf (line, "%s.%06dZ guillemot[%d]: ", stamp,
-                          (int) (now % G_USEC_PER_SEC), (int) getpid ());
+                          (int) (now % G_USEC_PER_SEC), pid);
   if (queue_id)
     g_string_append_printf (line, "%s: ", queue_id);
   g_string_append_vprintf (line, fmt, ap);

@@ -87,6 +87,26 @@ static void conn_close (Conn *c);
 
 static gboolean on_accept (gint fd, GIOCondition cond, gpointer data);
 
+/* GLib (2.74) blocks a source while it is dispatched, taking its
+ * descriptors out of the poll set and back, and each change wakes the loop
+ * up through its eventfd: two write(2)s per event, a dozen per message.
+ * Nothing here iterates the loop from inside a dispatch, so the guard
+ * against recursion is not needed. */
+static void
+no_self_wakeups (GSource *source)
+{
+  g_source_set_can_recurse (source, TRUE);
+}
+
+/* Watch a listening socket for connections. */
+static guint
+watch_listener (int fd)
+{
+  guint id = g_unix_fd_add (fd, G_IO_IN, on_accept, NULL);
+  no_self_wakeups (g_main_context_find_source_by_id (NULL, id));
+  return id;
+}
+
 static gboolean
 listen_one (const char *item, GError **error)
 {
@@ -125,7 +145,7 @@ listen_one (const char *item, GError **error)
     setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
   if (bind (fd, (struct sockaddr *) &ss, len) < 0 || listen (fd, 1024) < 0)
     goto fail;
-  Listener l = { fd, g_unix_fd_add (fd, G_IO_IN, on_accept, NULL) };
+  Listener l = { fd, watch_listener (fd) };
   g_array_append_val (listeners, l);
   gm_log (NULL, "listening on %s", item);
   return TRUE;
@@ -202,7 +222,7 @@ resume_accepting (gpointer data)
     {
       Listener *l = &g_array_index (listeners, Listener, i);
       if (!l->source)
-        l->source = g_unix_fd_add (l->fd, G_IO_IN, on_accept, NULL);
+        l->source = watch_listener (l->fd);
     }
   return G_SOURCE_REMOVE;
 }
@@ -265,6 +285,7 @@ conn_dispatch (GSource *source, GSourceFunc callback, gpointer user_data)
 }
 
 static GSourceFuncs conn_source_funcs = { NULL, NULL, conn_dispatch, NULL, NULL, NULL };
+
 
 static void
 conn_update_watch (Conn *c)
@@ -554,6 +575,7 @@ on_accept (gint lfd, GIOCondition cond, gpointer data)
       c->source = g_source_new (&conn_source_funcs, sizeof (ConnSource));
       ((ConnSource *) c->source)->conn = c;
       c->fd_tag = g_source_add_unix_fd (c->source, fd, 0);
+      no_self_wakeups (c->source);
       g_source_attach (c->source, NULL);
       g_queue_push_tail_link (&conns, &c->link);
       gm_log (NULL, "connect from [%s]:%u to [%s]:%u", client, client_port, local_text, local_port);
