@@ -493,14 +493,25 @@ down a client that tries many addresses (tarpitting)."
     (when r (trace-verdict r current-stage 'failed #f))
     policy-failure))
 
+(define (rule-failed key args)
+  (let ((r current-rule))
+    ((core '%log) (and current-session (fact current-session 'queue-id))
+     (format #f "policy error: rule ~s (~a~a) failed: ~a" (if r (rule-name r) "?") current-stage
+             (if r (rule-place r) "") (describe-error key args)))
+    (when r (trace-verdict r current-stage 'failed #f))
+    policy-failure))
+
 (define (under-prompt thunk)
   (set! in-stage? #t)
-  (let ((result (call-with-prompt time-limit-prompt
+  (let ((result (catch #t
                   (lambda ()
-                    (call-with-prompt policy-prompt
-                      thunk
-                      (lambda (k operation args) (list 'suspend k operation args))))
-                  (lambda (k) (interrupted)))))
+                    (call-with-prompt time-limit-prompt
+                      (lambda ()
+                        (call-with-prompt policy-prompt
+                          thunk
+                          (lambda (k operation args) (list 'suspend k operation args))))
+                      (lambda (k) (interrupted))))
+                  (lambda (key . args) (rule-failed key args)))))
     (set! in-stage? #f)
     result))
 
@@ -548,18 +559,13 @@ down a client that tries many addresses (tarpitting)."
       (set! current-rule (car rs))
       (set! current-stage stage)
       (set! current-session session)
+      ;; An error stops the stage: under-prompt's one catch logs it, naming
+      ;; current-rule (cheaper than a catch around each rule).
       (let* ((r (car rs))
              (start (and trace? (get-internal-real-time)))
-             (v (catch #t
-                  (lambda () (apply (rule-proc r) session args))
-                  (lambda (key . err)
-                    ((core '%log) (fact session 'queue-id)
-                     (format #f "policy error: rule ~s (~a~a) failed: ~a" (rule-name r) stage
-                             (rule-place r) (describe-error key err)))
-                    'failed))))
+             (v (apply (rule-proc r) session args)))
         (trace-verdict r stage v start)
         (cond
-         ((eq? v 'failed) policy-failure)
          ((not (verdict? v))
           ((core '%log) (fact session 'queue-id)
            (format #f "policy error: rule ~s (~a~a) returned ~s, not a verdict" (rule-name r) stage
