@@ -472,8 +472,8 @@ down a client that tries many addresses (tarpitting)."
 (define current-stage #f)
 (define current-session #f)
 
-;;; Time budget.  The server arms a timer (#:rule-time-limit) whenever Scheme
-;;; code of a stage runs; when it fires inside a rule, the rule is
+;;; Time budget.  A watchdog thread of the server sends SIGALRM when Scheme
+;;; code of a stage has run longer than #:rule-time-limit; the rule is then
 ;;; interrupted like any failing rule.  The interruption is an abort to a
 ;;; prompt of its own, not an exception: a rule's (catch #t ...) cannot
 ;;; swallow it.
@@ -481,8 +481,8 @@ down a client that tries many addresses (tarpitting)."
 (define time-limit-prompt (make-prompt-tag "guillemot-time-limit"))
 
 (define (%on-alarm signal)
-  ;; The server arms the alarm only while a stage's Scheme code runs.
-  (when in-stage?
+  ;; The stage the watchdog saw may have ended before this handler runs.
+  (when (and in-stage? ((core '%rule-overdue?)))
     (abort-to-prompt time-limit-prompt)))
 
 (define (interrupted)

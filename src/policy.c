@@ -13,12 +13,12 @@
 #include <libguile.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/time.h>
 #include <gio/gio.h>
 
 #include "envelope-edit.h"
 #include "log.h"
 #include "settings.h"
+#include "watchdog.h"
 
 /* A symbol interned once: scm_from_utf8_symbol hashes its name at each call. */
 #define SYM(name) ({ static SCM sym_; \
@@ -459,6 +459,13 @@ log_from_scheme (SCM queue_id, SCM text)
   return SCM_UNSPECIFIED;
 }
 
+/* (%rule-overdue?) → has the stage's code run past #:rule-time-limit? */
+static SCM
+rule_overdue (void)
+{
+  return scm_from_bool (gm_watchdog_overdue ());
+}
+
 void
 gm_policy_define_primitives (void)
 {
@@ -469,6 +476,7 @@ gm_policy_define_primitives (void)
   scm_c_define_gsubr ("%message-set-header!", 3, 0, 0, (scm_t_subr) message_set_header);
   scm_c_define_gsubr ("%message-rename-header!", 3, 0, 0, (scm_t_subr) message_rename_header);
   scm_c_define_gsubr ("%log", 2, 0, 0, (scm_t_subr) log_from_scheme);
+  scm_c_define_gsubr ("%rule-overdue?", 0, 0, 0, (scm_t_subr) rule_overdue);
   scm_c_define_gsubr ("%session-sender", 1, 0, 0, (scm_t_subr) session_sender);
   scm_c_define_gsubr ("%session-recipients", 1, 0, 0, (scm_t_subr) session_recipients);
   scm_c_define_gsubr ("%session-set-sender!", 2, 0, 0, (scm_t_subr) session_set_sender);
@@ -480,7 +488,7 @@ gm_policy_define_primitives (void)
                 NULL);
   scm_c_export ("%message-headers", "%message-add-header!", "%message-remove-header!",
                 "%message-set-header!", "%message-rename-header!", "%message-header-values",
-                "%log", NULL);
+                "%log", "%rule-overdue?", NULL);
 }
 
 /* ---- Per-session state ------------------------------------------------ */
@@ -537,9 +545,11 @@ gm_policy_init (void)
   current_rules = SCM_EOL;
   scm_gc_protect_object (current_rules);
   gm_policy_register_operation ("pause", pause_operation);
-  /* The time limit of rules: SIGALRM becomes an exception inside the rule. */
+  /* The time limit of rules: the watchdog's SIGALRM interrupts the rule
+   * (%on-alarm); system calls it lands in are restarted. */
   scm_sigaction (scm_from_int (SIGALRM), scm_c_private_ref ("guillemot", "%on-alarm"),
-                 SCM_UNDEFINED);
+                 scm_from_int (SA_RESTART));
+  gm_watchdog_start ();
   gm_policy_install_loaded ();
 }
 
@@ -715,22 +725,15 @@ call_failed (void *data, SCM key, SCM args)
   return SCM_BOOL_F;
 }
 
-static void
-arm_time_limit (guint milliseconds)
-{
-  struct itimerval it = { { 0, 0 }, { milliseconds / 1000, (milliseconds % 1000) * 1000 } };
-  setitimer (ITIMER_REAL, &it, NULL);
-}
-
 /* The one safe call into the rules (STYLE.md §11): nothing escapes into
- * GLib, and the time limit is armed while Scheme runs. */
+ * GLib, and the watchdog times the Scheme code. */
 static SCM
 safe_call (SCM proc, SCM args)
 {
   Call call = { proc, args };
-  arm_time_limit (gm_config.rule_time_limit);
+  gm_watchdog_enter ();
   SCM result = scm_c_catch (SCM_BOOL_T, call_body, &call, call_failed, NULL, NULL, NULL);
-  arm_time_limit (0);
+  gm_watchdog_leave ();
   return result;
 }
 
