@@ -102,6 +102,17 @@ open_queue_file (Delivery *d)
   return FALSE;
 }
 
+/* Every recipient is done: the file goes (logged). */
+static void
+remove_queue_file (GmQueueFile *qf)
+{
+  g_autoptr (GError) error = NULL;
+  if (!gm_queue_file_remove (qf, &error))
+    gm_log (qf->env->id, "cannot remove queue file: %s", error->message);
+  else
+    gm_log (qf->env->id, "removed");
+}
+
 static char *
 policy_detail (const GmVerdict *v)
 {
@@ -116,15 +127,16 @@ apply_queued_verdict (Delivery *d)
   GmQueueFile *qf = d->qf;
   GmEnvelope *env = qf->env;
   g_autoptr (GError) error = NULL;
-  switch (d->queued_ran ? d->queued.kind : GM_VERDICT_NEXT)
+  if (!d->queued_ran)
+    return TRUE;
+  switch (d->queued.kind)
     {
     case GM_VERDICT_NEXT:
     case GM_VERDICT_ACCEPT:
-      /* Changes take effect only now that the message goes on. */
-      if (d->queued_ran && gm_policy_message_changed (d->policy)
-          ? !gm_queue_file_rewrite (qf, &error)
-          : env->queued_rules == GM_RCPT_PENDING && d->queued_ran
-            && !gm_queue_file_mark_queued (qf, &error))
+      /* Changes take effect only now that the message goes on; either way
+       * the Q record says the rules ran. */
+      if (gm_policy_message_changed (d->policy) ? !gm_queue_file_rewrite (qf, &error)
+          : !gm_queue_file_mark_queued (qf, &error))
         {
           gm_log (env->id, "cannot record the queued rules' changes: %s (will retry)",
                   error->message);
@@ -162,10 +174,7 @@ apply_queued_verdict (Delivery *d)
           }
         if (d->queued.kind == GM_VERDICT_DISCARD)
           gm_log (env->id, "discarded by policy (queued stage)");
-        if (!gm_queue_file_remove (qf, &error))
-          gm_log (env->id, "cannot remove queue file: %s", error->message);
-        else
-          gm_log (env->id, "removed");
+        remove_queue_file (qf);
         return FALSE;
       }
     }
@@ -267,12 +276,7 @@ deliver_recipients (Delivery *d)
         must_sync = TRUE;
     }
   if (d->pending == 0)
-    {
-      if (!gm_queue_file_remove (qf, &error))
-        gm_log (env->id, "cannot remove queue file: %s", error->message);
-      else
-        gm_log (env->id, "removed");
-    }
+    remove_queue_file (qf);
   else if (must_sync && !gm_queue_file_sync (qf, &error))
     gm_log (env->id, "cannot sync queue file: %s", error->message);
 }

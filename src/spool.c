@@ -957,6 +957,21 @@ gm_queue_file_open (const char *state_dir, const char *id, GError **error)
   return qf;
 }
 
+/* Overwrite LEN bytes of a record at OFFSET (no fsync); WHAT names the step
+ * in the error. */
+static gboolean
+rewrite_in_place (GmQueueFile *qf, goffset offset, const char *bytes, gsize len,
+                  const char *what, GError **error)
+{
+  ssize_t n;
+  do
+    n = pwrite (qf->fd, bytes, len, offset);
+  while (n < 0 && errno == EINTR);
+  if (n != (ssize_t) len)
+    return set_errno_error (error, n < 0 ? errno : EIO, what, qf->path);
+  return TRUE;
+}
+
 gboolean
 gm_queue_file_mark (GmQueueFile *qf, guint index, GmRcptStatus status, GError **error)
 {
@@ -964,12 +979,8 @@ gm_queue_file_mark (GmQueueFile *qf, guint index, GmRcptStatus status, GError **
   g_return_val_if_fail (status_is_valid (status), FALSE);
   GmSpoolRcpt *rcpt = rcpt_at (qf->env, index);
   char byte = (char) status;
-  ssize_t n;
-  do
-    n = pwrite (qf->fd, &byte, 1, rcpt->status_offset);
-  while (n < 0 && errno == EINTR);
-  if (n != 1)
-    return set_errno_error (error, n < 0 ? errno : EIO, "mark recipient in", qf->path);
+  if (!rewrite_in_place (qf, rcpt->status_offset, &byte, 1, "mark recipient in", error))
+    return FALSE;
   rcpt->status = status;
   return TRUE;
 }
@@ -979,12 +990,8 @@ gm_queue_file_mark_queued (GmQueueFile *qf, GError **error)
 {
   g_return_val_if_fail (qf != NULL && qf->env->queued_rules, FALSE);
   char byte = GM_RCPT_DELIVERED;
-  ssize_t n;
-  do
-    n = pwrite (qf->fd, &byte, 1, qf->env->queued_offset);
-  while (n < 0 && errno == EINTR);
-  if (n != 1)
-    return set_errno_error (error, n < 0 ? errno : EIO, "mark queued rules in", qf->path);
+  if (!rewrite_in_place (qf, qf->env->queued_offset, &byte, 1, "mark queued rules in", error))
+    return FALSE;
   qf->env->queued_rules = byte;
   return TRUE;
 }
@@ -1036,12 +1043,9 @@ gm_queue_file_note_append (GmQueueFile *qf, guint index, gint64 offset, GError *
   g_return_val_if_fail (rcpt->append_offset > 0, FALSE);
   g_autoptr (GString) value = g_string_new (NULL);
   format_append_start (value, offset);
-  ssize_t n;
-  do
-    n = pwrite (qf->fd, value->str, value->len, rcpt->append_offset);
-  while (n < 0 && errno == EINTR);
-  if (n != (ssize_t) value->len)
-    return set_errno_error (error, n < 0 ? errno : EIO, "record mbox offset in", qf->path);
+  if (!rewrite_in_place (qf, rcpt->append_offset, value->str, value->len,
+                         "record mbox offset in", error))
+    return FALSE;
   if (fdatasync (qf->fd) < 0)
     return set_errno_error (error, errno, "fsync", qf->path);
   rcpt->append_start = offset;

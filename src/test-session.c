@@ -109,40 +109,45 @@ print_verdict (const char *what, const GmVerdict *v)
     printf ("*** %s: %s%s%s", what, kinds[v->kind], v->text ? " " : "", v->text ? v->text : "");
 }
 
+/* Run STAGE (for recipient RCPT in the delivery stage) and print its
+ * verdict; returns whether the message or recipient goes on to delivery. */
+static gboolean
+print_message_rules (GmPolicyMessage *pm, GmEnvelope *env, GmStage stage, guint rcpt)
+{
+  Wait w = { NULL, { 0 }, FALSE };
+  GmVerdict v = { 0 };
+  if (!gm_policy_message_run (pm, stage, rcpt, &v, rules_answered, &w))
+    wait_for_rules (&w, &v);
+  GmSpoolRcpt *r = stage == GM_STAGE_DELIVERY ? g_ptr_array_index (env->rcpts, rcpt) : NULL;
+  g_autofree char *what = r ? g_strdup_printf ("delivery to <%s>", r->address)
+    : g_strdup ("queued");
+  print_verdict (what, &v);
+  gboolean goes_on = v.kind == GM_VERDICT_NEXT || v.kind == GM_VERDICT_ACCEPT;
+  if (r && goes_on)
+    printf (", %s %s", r->transport == GM_TRANSPORT_MBOX ? "mbox" : "maildir", r->destination);
+  printf ("\n");
+  gm_verdict_clear (&v);
+  return goes_on;
+}
+
 /* What the queued rules, then each recipient's delivery rules, decide. */
 static void
 run_message_rules (GmSession *s)
 {
-  guint stages = gm_policy_stages () & ((1u << GM_STAGE_QUEUED) | (1u << GM_STAGE_DELIVERY));
+  guint stages = gm_policy_stages ();
   GmEnvelope *env;
   const GString *header, *body;
   gm_session_message (s, &env, &header, &body);
-  if (!stages || env->quarantine)
+  gboolean queued = stages & (1u << GM_STAGE_QUEUED);
+  gboolean delivery = stages & (1u << GM_STAGE_DELIVERY);
+  if ((!queued && !delivery) || env->quarantine)
     return;
   g_autoptr (GString) message = g_string_new_len (header->str, header->len);
   g_string_append_len (message, body->str, body->len);
   GmPolicyMessage *pm = gm_policy_message_new (env, message->str, message->len);
-  GmVerdict v = { 0 };
-  for (guint stage = GM_STAGE_QUEUED; stage <= GM_STAGE_DELIVERY; stage++)
-    for (guint i = 0; (stages & (1u << stage)) && i < (stage == GM_STAGE_QUEUED ? 1 : env->rcpts->len); i++)
-      {
-        Wait w = { NULL, { 0 }, FALSE };
-        if (!gm_policy_message_run (pm, stage, i, &v, rules_answered, &w))
-          wait_for_rules (&w, &v);
-        GmSpoolRcpt *r = stage == GM_STAGE_DELIVERY ? g_ptr_array_index (env->rcpts, i) : NULL;
-        g_autofree char *what = r ? g_strdup_printf ("delivery to <%s>", r->address)
-          : g_strdup ("queued");
-        print_verdict (what, &v);
-        if (r && (v.kind == GM_VERDICT_NEXT || v.kind == GM_VERDICT_ACCEPT))
-          printf (", %s %s", r->transport == GM_TRANSPORT_MBOX ? "mbox" : "maildir",
-                  r->destination);
-        printf ("\n");
-        gboolean goes_on = v.kind == GM_VERDICT_NEXT || v.kind == GM_VERDICT_ACCEPT;
-        gm_verdict_clear (&v);
-        if (!r && !goes_on)
-          goto out;
-      }
-out:
+  if (!queued || print_message_rules (pm, env, GM_STAGE_QUEUED, 0))
+    for (guint i = 0; delivery && i < env->rcpts->len; i++)
+      print_message_rules (pm, env, GM_STAGE_DELIVERY, i);
   gm_policy_message_free (pm);
 }
 
