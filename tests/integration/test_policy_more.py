@@ -19,33 +19,13 @@ import socket
 import time
 
 from harness import (as_stored, assert_equal, assert_in, check_delivered, cmd_line, expect_line,
-                     make_tempdir, queue_id, read_file, received_block, run, run_guillemot,
-                     send_transaction, Server, stuff, test, wait_for)
-
-HELO = "client.example.test"
-SENDER = "sender@origin.test"
-FAILURE = "451 4.3.0 Temporary policy failure"
-
-BASE = """\
-(use-modules (guillemot))
-(define-server #:hostname "mx.example.test")
-(local-domains "example.test" "localhost")
-(deliver-local (maildir "mail/~a/Maildir"))
-"""
-
-MSG = b"From: sender@origin.test\r\nSubject: policy\r\n\r\nHello.\r\n"
-
+                     make_tempdir, queue_id, read_file, received_block, run, run_guillemot, stuff,
+                     test, wait_for)
+from policy_helpers import (BASE, FAILURE, HELO, MSG, SENDER, assert_no_mail, assert_not_delivered,
+                            deliver_marker, delivered_one, policy_server, transaction)
 
 # ---------------------------------------------------------------------------
-# Helpers (as in test_policy.py)
-
-def policy_server(rules, start=True, **kw):
-    """A Server whose configuration is BASE followed by RULES (Scheme text)."""
-    srv = Server(config_text=BASE + rules, **kw)
-    if start:
-        srv.start()
-    return srv
-
+# Helpers
 
 def config_line(srv, needle):
     """FILE:LINE of the first line of SRV's configuration containing NEEDLE,
@@ -55,38 +35,6 @@ def config_line(srv, needle):
             if needle in line:
                 return "%s:%d" % (srv.config, n)
     raise AssertionError("%r not in the configuration" % needle)
-
-
-def transaction(c, rcpts, body=MSG, sender=SENDER):
-    """MAIL, RCPTs (all expected 250), DATA: returns the queue id."""
-    return send_transaction(c, rcpts, body, sender)
-
-
-def deliver_marker(c, srv, local="marker"):
-    """Deliver one more message on C and wait for it: anything the server was
-    going to do with earlier messages is done by then (one queue, in order)."""
-    qid = transaction(c, ["%s@example.test" % local])
-    srv.wait_maildir(local, 1)
-    srv.wait_log(r"%s: to=<%s@example\.test>.*status=sent" % (qid, local))
-    return qid
-
-
-def delivered_one(srv, local, qid):
-    files = srv.wait_maildir(local, 1)
-    assert qid in os.path.basename(files[0]), (qid, files)
-    return read_file(files[0])
-
-
-def assert_no_mail(srv, *locals_):
-    for local in locals_:
-        files = srv.maildir_files(local)
-        assert not files, "mail was delivered to %s: %r" % (local, files)
-
-
-def assert_not_delivered(srv, qid):
-    log = srv.log_text()
-    assert not re.search(r"%s: to=<" % re.escape(qid), log), "%s was delivered:\n%s" % (qid, log)
-    assert qid not in srv.spool_files("queue"), "%s is in spool/queue" % qid
 
 
 def received_line(srv, qid):

@@ -3,8 +3,8 @@ delivery attempt) and the delivery stage (each recipient, each attempt),
 end to end with the real server, real Maildirs and mboxes, and the queue
 files on disk.
 
-Each test writes its own configuration; #:retry-min 1 makes retries come
-after a second, so that "deferred, then delivered" fits in a test."""
+Each test writes its own rules; #:retry-min 1 makes retries come after a
+second, so that "deferred, then delivered" fits in a test."""
 
 import sys
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
@@ -13,28 +13,20 @@ import os
 import re
 import time
 
-from harness import (Server, assert_equal, assert_in, read_file, run, send_transaction, test,
-                     wait_for)
+from harness import assert_equal, assert_in, read_file, run, send_transaction, test, wait_for
+import policy_helpers
+from policy_helpers import HELO, SENDER
 
-HELO = "client.example.test"
-SENDER = "sender@origin.test"
-
-BASE = """\
-(use-modules (guillemot))
-(define-server #:hostname "mx.example.test" #:retry-min 1 #:retry-max 1)
-(local-domains "example.test" "localhost")
-(deliver-local (maildir "mail/~a/Maildir"))
-"""
+RETRIES = {"retry-min": 1, "retry-max": 1}      # a deferred message is tried again after 1 s
 
 
 def message(subject):
     return ("From: sender@origin.test\r\nSubject: %s\r\n\r\nHello.\r\n" % subject).encode()
 
 
-def policy_server(rules, **kw):
-    srv = Server(config_text=BASE + rules, **kw)
-    srv.start()
-    return srv
+def policy_server(rules, settings=None):
+    """The policy tests' server (policy_helpers.BASE and RULES), retrying fast."""
+    return policy_helpers.policy_server(rules, settings=dict(RETRIES, **(settings or {})))
 
 
 def send(srv, rcpts, subject="policy"):
